@@ -1,0 +1,597 @@
+"""
+tandem_grpo.py: Tandem Reinforcement Learning with verifiable rewards (TRL, arXiv 2606.28166) in one file.
+
+A trainable *senior* model and a frozen *junior* (by default a copy of the senior's starting weights) co-write
+every rollout: a coin picks the author at the start of the response and is tossed again after every word-start
+token (or after 32 tokens without one). A rule-based checker grades the team's final \\boxed{} answer, rewards
+become group-relative advantages, and the GRPO clipped loss trains the senior on the tokens *it* wrote. The
+junior's tokens are context only. Because every rollout must survive the junior's interruptions, the senior is
+pushed to reason in a way the junior can continue. With --schedule solo this is plain (vanilla) GRPO.
+
+Run it:
+    python tandem_grpo.py --demo                        # tiny bundled model, 2 CPU cores, a few minutes
+    python tandem_grpo.py --data hf://datasets/agentica-org/DeepScaleR-Preview-Dataset/deepscaler.json \\
+        --out runs/trl                                  # the paper's setting: Qwen3-4B-Instruct-2507, one GPU
+    python tandem_grpo.py --memory-report               # GPU memory budget of a setting, no weights loaded
+
+What it simplifies, and why:
+  - Rollouts come from a plain PyTorch decode loop over Hugging Face models (one KV cache per model), not from a
+    patched vLLM: slower, but every step of co-generation is visible in ~100 lines.
+  - One process, one device. The senior keeps float32 master weights (bf16 cannot absorb updates of 1e-6) and
+    runs its matmuls in bf16 autocast on CUDA; the junior is bf16. No FSDP, no sequence packing.
+  - Validation is not run inside the loop: checkpoints are saved every --save-every steps; eval.py measures them.
+All numbers follow the paper and the authors' code (verl's GRPO); see ../shared/SPEC.md.
+"""
+import argparse, json, math, os, random, re, shutil, sys, time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+# ------------------------------------------------------------------------------------------------------------------
+# Hyperparameters (the paper's values are the defaults)
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+# --demo swaps in these defaults (flags given on the command line still win): a tiny model, 2 CPU cores, minutes.
+DEMO = dict(model=str(DEMO_DIR / "model"), data=str(DEMO_DIR / "train.jsonl"), out="runs/demo", steps=40,
+            prompts_per_step=8, mini_batch_prompts=4, group_size=8, micro_batch=32, gen_batch=64, lr=2e-4,
+            max_new_tokens=96, save_every=0, temperature=1.0)
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model", default="Qwen/Qwen3-4B-Instruct-2507", help="senior: hub id or local folder")
+    a("--junior", default=None, help="frozen junior (same tokenizer); default: a frozen copy of --model")
+    a("--p-senior", type=float, default=0.5, help="probability the coin picks the senior as author")
+    a("--schedule", default="word", choices=["word", "token", "step", "solo"],
+      help="word: coin at word starts (the paper); token: every token; step: alternate at \\n\\n; solo: vanilla GRPO")
+    a("--max-gap", type=int, default=32, help="K: redraw the author after this many tokens without a word start")
+    a("--group-size", type=int, default=8, help="G: rollouts per prompt")
+    a("--prompts-per-step", type=int, default=16, help="prompts per training step (16 x 8 = 128 rollouts)")
+    a("--mini-batch-prompts", type=int, default=8, help="prompts per optimizer update (two updates per step)")
+    a("--micro-batch", type=int, default=4, help="rollouts per forward/backward (memory knob, same maths)")
+    a("--gen-batch", type=int, default=32, help="rollouts generated at once (memory knob: both KV caches)")
+    a("--lr", type=float, default=1e-6, help="AdamW learning rate (constant)")
+    a("--weight-decay", type=float, default=0.01, help="AdamW weight decay (verl's default)")
+    a("--clip-low", type=float, default=0.2, help="ratio clip below: 1 - clip_low")
+    a("--clip-high", type=float, default=0.2, help="ratio clip above: 1 + clip_high")
+    a("--grad-clip", type=float, default=1.0, help="gradient-norm clip")
+    a("--kl-coef", type=float, default=0.0, help="k3 KL toward the junior (the authors' ablation used 0.001)")
+    a("--temperature", type=float, default=0.6, help="rollout temperature (top_p 1, top_k off)")
+    a("--max-prompt-tokens", type=int, default=1024, help="longer prompts are dropped from the data")
+    a("--max-new-tokens", type=int, default=3000, help="response budget; a response that hits it gets reward 0")
+    a("--steps", type=int, default=200, help="training steps")
+    a("--save-every", type=int, default=20, help="checkpoint every N steps (0: only at the end)")
+    a("--seed", type=int, default=0, help="seeds data order and sampling")
+    a("--out", default="runs/trl", help="output folder: metrics.jsonl and checkpoints")
+    a("--data", default=None, help="problems: .jsonl/.json file, or hf://datasets/OWNER/NAME/FILE")
+    a("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    a("--demo", action="store_true", help="run the bundled CPU demo (tiny model, toy arithmetic)")
+    a("--memory-report", action="store_true", help="print the GPU memory budget for this setting and exit")
+    a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    argv = sys.argv[1:] if argv is None else argv
+    if "--demo" in argv:
+        p.set_defaults(**DEMO)
+    args = p.parse_args(argv)
+    if args.prompts_per_step % args.mini_batch_prompts:
+        p.error("--prompts-per-step must be a multiple of --mini-batch-prompts")
+    return args
+
+# ------------------------------------------------------------------------------------------------------------------
+# Data: {"problem", "answer"} rows, validated before any model loads
+
+PROMPT_SUFFIX = "Solve the following math problem step by step. Put your final answer inside \\boxed{}."
+PROBLEM_KEYS, ANSWER_KEYS = ("problem", "question"), ("answer", "final_answer", "solution")
+
+def fetch(path):
+    """A local path, or hf://datasets/OWNER/NAME/FILE fetched once with huggingface_hub (into its cache)."""
+    if not path.startswith("hf://"):
+        return Path(path)
+    parts = path[len("hf://"):].split("/")
+    if len(parts) < 4 or parts[0] != "datasets":
+        raise ValueError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
+    from huggingface_hub import hf_hub_download
+    return Path(hf_hub_download("/".join(parts[1:3]), "/".join(parts[3:]), repo_type="dataset"))
+
+def load_problems(path):
+    """Rows of a .jsonl (one object a line) or .json (a list) file -> [{"problem", "answer"}].
+    A row without a usable problem or answer is an error that names the file and line (row, for .json)."""
+    path = fetch(str(path))
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        rows = [(f"row {i + 1}", r) for i, r in enumerate(json.loads(text))]
+    else:
+        rows = []
+        for i, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    rows.append((f"line {i + 1}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
+    problems = []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: {where}: expected a JSON object, got {type(row).__name__}")
+        problem = next((row[k] for k in PROBLEM_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
+        answer = next((str(row[k]) for k in ANSWER_KEYS if row.get(k) not in (None, "") and str(row[k]).strip()), None)
+        if problem is None or answer is None:
+            missing = "problem (or question)" if problem is None else "answer (or final_answer/solution)"
+            raise ValueError(f"{path}: {where}: missing or empty field '{missing}'")
+        problems.append({"problem": problem, "answer": answer})
+    if not problems:
+        raise ValueError(f"{path}: no rows")
+    return problems
+
+def prompt_ids(tokenizer, problem):
+    """One user message through the chat template, no <think> block -> token ids."""
+    msg = [{"role": "user", "content": f"{problem}\n\n{PROMPT_SUFFIX}"}]
+    text = tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+# ------------------------------------------------------------------------------------------------------------------
+# Reward: 1 if the last \boxed{} equals the gold answer, else 0 (no format reward)
+
+def last_boxed(text):
+    """Content of the last \\boxed{...} (braces matched), or None."""
+    i = text.rfind("\\boxed")
+    if i < 0:
+        return None
+    j = text.find("{", i)
+    if j < 0:
+        return None
+    depth = 0
+    for k in range(j, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[k], 0)
+        if depth == 0:
+            return text[j + 1:k]
+    return None
+
+def reward(completion, gold):
+    pred = last_boxed(completion)
+    return float(pred is not None and pred.strip() == (last_boxed(gold) or gold).strip())
+
+# ------------------------------------------------------------------------------------------------------------------
+# Co-generation: two models, two KV caches, one token stream
+
+def word_start_mask(tokenizer):
+    """BoolTensor[len(tokenizer)]: True for ids whose surface text starts with a space. Byte-level BPE writes that
+    space as 'Ġ' (U+0120), SentencePiece as '▁'. Decided on the vocabulary, once; special tokens are not words."""
+    mask = torch.zeros(len(tokenizer), dtype=torch.bool)
+    for piece, i in tokenizer.get_vocab().items():
+        mask[i] = piece.startswith(("Ġ", "▁"))
+    mask[tokenizer.all_special_ids] = False
+    return mask
+
+def step_end_mask(tokenizer):
+    """BoolTensor[len(tokenizer)]: True for ids whose text contains a blank line ('\\n\\n' ends a reasoning step)."""
+    return torch.tensor(["\n\n" in tokenizer.decode([i]) for i in range(len(tokenizer))])
+
+def sample(logits, temperature, top_k=0, top_p=1.0):
+    """logits [b, V] -> ids [b]. Inverse-CDF sampling (cumsum + searchsorted) costs ~2 ms over Qwen's 151,936 ids
+    on a CPU where torch.multinomial costs ~32 ms. temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits, ids = logits.float() / temperature, None
+    if top_k:
+        logits, ids = logits.topk(top_k, dim=-1)                      # [b, k], sorted high to low
+    probs = logits.softmax(-1)
+    if top_p < 1:
+        if ids is None:
+            probs, ids = probs.sort(-1, descending=True)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0)  # smallest prefix with mass >= top_p
+    cdf = probs.cumsum(-1)                                             # [b, V]
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]  # uniform in [0, total mass)
+    pick = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1).squeeze(1)
+    return pick if ids is None else ids.gather(1, pick[:, None]).squeeze(1)
+
+def left_pad(seqs, pad_id, device):
+    """list of id lists -> ids [b, L] and attention mask [b, L], padded on the left."""
+    L = max(map(len, seqs))
+    ids = torch.tensor([[pad_id] * (L - len(s)) + list(s) for s in seqs], device=device)
+    attn = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return ids, attn
+
+def last_hidden(model, ids, attn, pos, cache):
+    """One cached forward of the transformer body; the output layer is applied only where needed. -> [b, H]"""
+    return model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache,
+                               use_cache=True).last_hidden_state[:, -1]
+
+@torch.no_grad()
+def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_start=None, step_end=None,
+                    schedule="word", p_senior=0.5, max_gap=32, max_new_tokens=3000, max_turns=0,
+                    temperature=0.6, top_k=0, top_p=1.0):
+    """Co-write one response per prompt (lists of token ids). Both models read every token; each token is sampled
+    from its author's distribution. Schedules: word (coin at start; redraw after a word-start token or after
+    max_gap tokens), token (coin every token), step (senior first, swap after each \\n\\n; at most max_turns turns
+    if > 0), solo (senior only: the junior never runs; also when p_senior == 1).
+    Returns tokens [B, T] (pad after the end), senior [B, T] (True where the senior wrote the token),
+    mask [B, T] (response tokens up to and including EOS) and truncated [B] (stopped without EOS)."""
+    dev, B = next(senior.parameters()).device, len(prompts)
+    if schedule == "solo" or (schedule != "step" and p_senior >= 1):
+        junior, schedule = None, "solo"
+    models = [senior] if junior is None else [senior, junior]
+    eos = torch.tensor(sorted(eos_ids), device=dev)
+    word_start = word_start.to(dev) if word_start is not None else None
+    step_end = step_end.to(dev) if step_end is not None else None
+    coin = lambda n: torch.rand(n, device=dev) < p_senior
+
+    ids, attn = left_pad(prompts, pad_id, dev)                                # [B, P]
+    pos = (attn.cumsum(1) - 1).clamp(min=0)                                    # position ids for left padding
+    caches = [DynamicCache(config=m.config) for m in models]
+    hid = [last_hidden(m, ids, attn, pos, c) for m, c in zip(models, caches)]  # each [B, H]
+    pos = pos[:, -1:] + 1                                                      # [b, 1] next position
+
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    by_senior = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)
+    length = torch.full((B,), max_new_tokens, device=dev)
+    truncated = torch.ones(B, dtype=torch.bool, device=dev)
+    row = torch.arange(B, device=dev)                   # original index of each still-running row
+    senior_turn = coin(B) if schedule in ("word", "token") else torch.ones(B, dtype=torch.bool, device=dev)
+    gap = torch.zeros(B, dtype=torch.long, device=dev)  # tokens since the last redraw (word schedule)
+    turns = torch.ones(B, dtype=torch.long, device=dev)  # turns so far (step schedule)
+    for t in range(max_new_tokens):
+        # 1. the author's next-token distribution: output layer of the author only, ids beyond the tokenizer cut
+        logits = torch.empty(len(row), n_vocab, device=dev)
+        for m, h, who in zip(models, hid, (senior_turn, ~senior_turn)):
+            if who.any():
+                logits[who] = m.get_output_embeddings()(h[who])[:, :n_vocab].float()
+        tok = sample(logits, temperature, top_k, top_p)                       # [b]
+        tokens[row, t], by_senior[row, t] = tok, senior_turn
+        # 2. who writes the next token
+        if schedule == "word":
+            gap += 1
+            redraw = word_start[tok] | (gap >= max_gap)
+            senior_turn = torch.where(redraw, coin(len(row)), senior_turn)
+            gap = torch.where(redraw, 0, gap)
+        elif schedule == "token":
+            senior_turn = coin(len(row))
+        elif schedule == "step":
+            swap = step_end[tok]
+            senior_turn, turns = senior_turn ^ swap, turns + swap.long()
+        # 3. finished rows leave the batch and both caches
+        eos_hit = torch.isin(tok, eos)
+        done = eos_hit | ((turns > max_turns) if max_turns else False)
+        truncated[row[eos_hit]] = False
+        length[row[done]] = t + 1
+        if t == max_new_tokens - 1 or done.all():
+            break
+        if done.any():
+            keep = (~done).nonzero().squeeze(1)
+            for c in caches:
+                c.batch_select_indices(keep)
+            row, tok, attn, pos = row[keep], tok[keep], attn[keep], pos[keep]
+            senior_turn, gap, turns = senior_turn[keep], gap[keep], turns[keep]
+        # 4. both models read the token
+        attn = torch.cat([attn, attn.new_ones(len(row), 1)], 1)
+        hid = [last_hidden(m, tok[:, None], attn, pos, c) for m, c in zip(models, caches)]
+        pos = pos + 1
+    mask = torch.arange(max_new_tokens, device=dev)[None] < length[:, None]
+    T = int(length.max())
+    return dict(tokens=tokens[:, :T].masked_fill(~mask[:, :T], pad_id), senior=by_senior[:, :T] & mask[:, :T],
+                mask=mask[:, :T], truncated=truncated)
+
+# ------------------------------------------------------------------------------------------------------------------
+# Advantages: group-relative, one number per rollout
+
+def group_advantages(rewards, group_size, eps=1e-6):
+    """rewards [N] (N = prompts x G, a group's rollouts adjacent) -> A [N], A_i = (r_i - mean) / (std + eps)
+    within the group (std with Bessel's correction, as torch.std and verl). Equal rewards -> A = 0: no signal."""
+    r = rewards.view(-1, group_size)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
+
+# ------------------------------------------------------------------------------------------------------------------
+# Log-probs and the GRPO loss
+
+LOGITS_CHUNK = 1024  # positions whose logits exist at once: 1024 x 151,936 float32 = 0.6 GB, never B x T x V
+
+def token_logprobs(model, hidden, targets, n_vocab, temperature):
+    """hidden [N, H] (the state before each target), targets [N] -> log p(target) [N], float32, of logits / T.
+    Logits are built LOGITS_CHUNK rows at a time, and rebuilt in backward (checkpoint) instead of stored."""
+    def chunk(h, y):
+        logits = model.get_output_embeddings()(h)[:, :n_vocab].float() / temperature  # [c, V] float32
+        return logits.log_softmax(-1).gather(1, y[:, None]).squeeze(1)
+    run = (lambda *x: checkpoint(chunk, *x, use_reentrant=False)) if torch.is_grad_enabled() else chunk
+    return torch.cat([run(h, y) for h, y in zip(hidden.split(LOGITS_CHUNK), targets.split(LOGITS_CHUNK))])
+
+def response_hidden(model, ids, attn, n_prompt, select):
+    """Final hidden states that predict the response tokens at the positions `select`, teacher-forced.
+    ids, attn [b, P+T] (prompt left-padded to P, response right-padded to T); select [b, T] bool -> [N, H]."""
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    h = model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    return h[:, n_prompt - 1:-1][select]                 # the state at t-1 predicts token t
+
+def response_logprobs(model, ids, attn, n_prompt, select, n_vocab, temperature):
+    """log p(token) [N] float32 of the response tokens at the positions `select` (shapes as response_hidden)."""
+    h = response_hidden(model, ids, attn, n_prompt, select)
+    return token_logprobs(model, h, ids[:, n_prompt:][select], n_vocab, temperature)
+
+def grpo_loss(logp, old_logp, adv, n_tokens, clip_low=0.2, clip_high=0.2, ref_logp=None, kl_coef=0.0):
+    """Clipped surrogate over counted (senior-written) tokens, all [N]; adv is each token's rollout advantage.
+        ratio = exp(logp - old_logp);  loss_t = max(-A ratio, -A clip(ratio, 1 - clip_low, 1 + clip_high))
+        (+ kl_coef * k3,  k3 = exp(ref - logp) - (ref - logp) - 1,  toward the junior)
+    Token-mean: returns sum_t loss_t / n_tokens, with n_tokens counted over the whole mini-batch, so the losses of
+    its micro-batches add up to exactly the mini-batch mean."""
+    ratio = torch.exp((logp - old_logp).clamp(-20, 20))
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high))
+    if kl_coef:
+        d = (ref_logp - logp).clamp(-20, 20)
+        loss = loss + kl_coef * (torch.exp(d) - d - 1)
+    return loss.sum() / n_tokens
+
+# ------------------------------------------------------------------------------------------------------------------
+# One training step: rollouts -> rewards -> advantages -> two clipped-loss updates
+
+def autocast(device):
+    """bf16 matmuls on CUDA over float32 master weights; plain float32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+def pack(rollouts, pad_id, device):
+    """Rollouts -> ids, attn [b, P+T] (prompts left-padded to P, responses right-padded to T), P, senior [b, T]."""
+    p_ids, p_attn = left_pad([r["prompt"] for r in rollouts], pad_id, device)
+    T = max(len(r["response"]) for r in rollouts)
+    right = lambda x, fill: torch.tensor([v + [fill] * (T - len(v)) for v in x], device=device)
+    r_ids = right([r["response"] for r in rollouts], pad_id)
+    r_attn = right([[1] * len(r["response"]) for r in rollouts], 0)
+    senior = right([r["senior"] for r in rollouts], False)
+    return torch.cat([p_ids, r_ids], 1), torch.cat([p_attn, r_attn], 1), p_ids.shape[1], senior
+
+def rollout(senior, junior, tok, problems, args, ws, se):
+    """G co-written rollouts for each problem, generated --gen-batch at a time, with their rewards."""
+    dev, out = next(senior.parameters()).device, []
+    jobs = [(p, prompt_ids(tok, p["problem"])) for p in problems for _ in range(args.group_size)]
+    for i in range(0, len(jobs), args.gen_batch):
+        chunk = jobs[i:i + args.gen_batch]
+        with autocast(dev):
+            g = tandem_generate(senior, junior, [ids for _, ids in chunk], eos_ids=eos_ids(tok),
+                                pad_id=tok.pad_token_id, n_vocab=len(tok), word_start=ws, step_end=se,
+                                schedule=args.schedule, p_senior=args.p_senior, max_gap=args.max_gap,
+                                max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+        for j, (p, ids) in enumerate(chunk):
+            n = int(g["mask"][j].sum())
+            resp, by_senior = g["tokens"][j, :n].tolist(), g["senior"][j, :n].tolist()
+            truncated = bool(g["truncated"][j])
+            r = 0.0 if truncated else reward(tok.decode(resp, skip_special_tokens=True), p["answer"])
+            out.append(dict(prompt=ids, response=resp, senior=by_senior, reward=r, truncated=truncated))
+    return out
+
+def train_step(senior, junior, opt, rollouts, args):
+    """Old log-probs, then one PPO epoch of mini-batch updates on the senior's own tokens. -> loss metrics."""
+    dev, n_vocab = next(senior.parameters()).device, args.n_vocab
+    rewards = torch.tensor([r["reward"] for r in rollouts])
+    adv = group_advantages(rewards, args.group_size)
+    micro = lambda rows: [rows[i:i + args.micro_batch] for i in range(0, len(rows), args.micro_batch)]
+    idx = list(range(len(rollouts)))
+    # old log-probs: the senior (and, for the KL term, the junior) teacher-forced over the co-written sequences
+    senior.eval()
+    old, ref = {}, {}
+    with torch.no_grad(), autocast(dev):
+        for rows in micro(idx):
+            ids, attn, P, by_senior = pack([rollouts[i] for i in rows], args.pad_id, dev)
+            lp = response_logprobs(senior, ids, attn, P, by_senior, n_vocab, args.temperature)
+            old.update(zip(rows, lp.split(by_senior.sum(1).tolist())))
+            if args.kl_coef:
+                lp = response_logprobs(junior, ids, attn, P, by_senior, n_vocab, args.temperature)
+                ref.update(zip(rows, lp.split(by_senior.sum(1).tolist())))
+    senior.train()
+    stats = dict(loss=0.0, clip_frac=0.0, grad_norm=0.0)
+    mb = args.mini_batch_prompts * args.group_size
+    for start in range(0, len(idx), mb):
+        rows_mb = idx[start:start + mb]
+        n_tokens = max(1, sum(sum(rollouts[i]["senior"]) for i in rows_mb))  # counted tokens of the mini-batch
+        for rows in micro(rows_mb):
+            ids, attn, P, by_senior = pack([rollouts[i] for i in rows], args.pad_id, dev)
+            cat = lambda d: torch.cat([d[i] for i in rows]).to(dev)
+            a = torch.cat([adv[i].expand(len(old[i])) for i in rows]).to(dev)  # [N] each token gets A_i
+            with autocast(dev):
+                lp = response_logprobs(senior, ids, attn, P, by_senior, n_vocab, args.temperature)
+            loss = grpo_loss(lp, cat(old), a, n_tokens, args.clip_low, args.clip_high,
+                             cat(ref) if args.kl_coef else None, args.kl_coef)
+            loss.backward()
+            stats["loss"] += loss.item()
+            with torch.no_grad():
+                ratio = torch.exp(lp - cat(old))
+                stats["clip_frac"] += ((ratio < 1 - args.clip_low) | (ratio > 1 + args.clip_high)).sum().item() / n_tokens
+        stats["grad_norm"] += torch.nn.utils.clip_grad_norm_(senior.parameters(), args.grad_clip).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    n_updates = math.ceil(len(idx) / mb)
+    return {k: v / n_updates for k, v in stats.items()}
+
+def park(opt, junior, phase, args):
+    """On CUDA, keep on the GPU only what the phase uses: AdamW's moments (2 x 4 bytes a weight) wait on the CPU
+    during rollouts, the junior waits there during updates (unless the KL term needs it). See --memory-report."""
+    if args.device != "cuda":
+        return
+    dev = "cpu" if phase == "rollout" else "cuda"
+    for state in opt.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.dim():
+                state[k] = v.to(dev, non_blocking=True)
+    if junior is not None and not args.kl_coef:
+        junior.to("cuda" if phase == "rollout" else "cpu")
+
+def rollout_metrics(rollouts, group_size):
+    """What to watch (the loss of GRPO hovers near 0 by construction: watch the reward)."""
+    r = torch.tensor([x["reward"] for x in rollouts])
+    n_resp = sum(len(x["response"]) for x in rollouts)
+    switches = [sum(a != b for a, b in zip(x["senior"], x["senior"][1:])) for x in rollouts]
+    return dict(reward=r.mean().item(),
+                zero_var_groups=(r.view(-1, group_size).std(1) == 0).float().mean().item(),
+                truncated=sum(x["truncated"] for x in rollouts) / len(rollouts),
+                senior_share=sum(sum(x["senior"]) for x in rollouts) / max(1, n_resp),
+                switches=sum(switches) / len(rollouts), resp_len=n_resp / len(rollouts))
+
+# ------------------------------------------------------------------------------------------------------------------
+# Checkpoints: written to a temporary folder, then renamed into place (atomic); `latest` names the newest
+
+def save_checkpoint(out, step, senior, tok, opt):
+    final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    senior.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
+               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    torch.save(dict(step=step, optimizer=opt.state_dict(), rng=rng), tmp / "trainer.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    (out / "latest.tmp").write_text(final.name)
+    os.replace(out / "latest.tmp", out / "latest")
+    for old in out.glob("step_*/trainer.pt"):  # only the newest checkpoint keeps the (large) optimizer state
+        if old.parent != final:
+            old.unlink()
+
+def load_checkpoint(out):
+    """-> (folder of the newest checkpoint, its trainer state), or (None, None)."""
+    if not (out / "latest").exists():
+        return None, None
+    folder = out / (out / "latest").read_text().strip()
+    return folder, torch.load(folder / "trainer.pt", weights_only=False)
+
+# ------------------------------------------------------------------------------------------------------------------
+# Helpers shared with eval.py
+
+def eos_ids(tok):
+    """End-of-sequence ids: the tokenizer's eos plus the chat end-of-turn token, when they differ."""
+    ids = {tok.eos_token_id}
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tok.unk_token_id:
+        ids.add(im_end)
+    return ids - {None}
+
+def load_model(path, device, dtype, trainable):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    model.requires_grad_(trainable)
+    return model.eval()
+
+@torch.no_grad()
+def solo_accuracy(model, tok, problems, batch=100, max_new_tokens=3000, temperature=0.7, top_p=0.8, top_k=20):
+    """Mean reward of one solo sample per problem (the paper's evaluation sampling by default)."""
+    dev, total = next(model.parameters()).device, 0.0
+    for i in range(0, len(problems), batch):
+        chunk = problems[i:i + batch]
+        with autocast(dev):
+            g = tandem_generate(model, None, [prompt_ids(tok, p["problem"]) for p in chunk], eos_ids=eos_ids(tok),
+                                pad_id=tok.pad_token_id, n_vocab=len(tok), schedule="solo",
+                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+        for j, p in enumerate(chunk):
+            if not g["truncated"][j]:
+                total += reward(tok.decode(g["tokens"][j][g["mask"][j]], skip_special_tokens=True), p["answer"])
+    return total / len(problems)
+
+# ------------------------------------------------------------------------------------------------------------------
+# Memory budget: what one GPU must hold, from the model config alone (--memory-report)
+
+def memory_report(args):
+    """Print the GPU budget of this setting, line by line, in GiB. Two phases never overlap: rollouts (weights,
+    bf16 copy, junior, both KV caches; AdamW parked on the CPU) and updates (weights, grads, AdamW, activations of
+    one micro-batch with checkpointing, one logits chunk; junior parked unless --kl-coef). Estimates: ~5% slack."""
+    c = AutoConfig.from_pretrained(args.model)
+    H, I, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
+    hd = getattr(c, "head_dim", None) or H // c.num_attention_heads
+    q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
+    n = L * (2 * H * q + 2 * H * kv + 3 * H * I + 2 * H + 2 * hd) + V * H * (1 if c.tie_word_embeddings else 2) + H
+    S, tandem = args.max_prompt_tokens + args.max_new_tokens, args.schedule != "solo" and args.p_senior < 1
+    tok_mb = args.micro_batch * S                                   # tokens in one training micro-batch
+    rows = [("senior weights, float32 master copy", 4 * n, 4 * n),
+            ("senior bf16 copy (autocast cache)", 2 * n, 0),
+            ("senior gradients, float32", 0, 4 * n),
+            ("AdamW moments, float32 (2 a weight)", 0, 8 * n),
+            ("junior weights, bf16", 2 * n * tandem, 2 * n * (args.kl_coef > 0)),
+            (f"KV caches: {args.gen_batch} rollouts x {S} tokens x {1 + tandem} models, bf16",
+             args.gen_batch * S * 2 * L * kv * 2 * (1 + tandem), 0),
+            (f"checkpointed layer inputs: {args.micro_batch} x {S} tokens x {L} layers, fp32", 0, L * tok_mb * H * 4),
+            ("one layer recomputed in backward (+ its grads)", 0, 2 * tok_mb * (2 * (2 * q + 2 * kv) + 8 * I + 16 * H)),
+            (f"logits chunk: {LOGITS_CHUNK} x {V} fp32 (logits, log-softmax, grad)", 0, 3 * LOGITS_CHUNK * V * 4)]
+    gib = lambda b: f"{b / 2**30:8.1f}"
+    print(f"memory budget for {args.model}: {n / 1e9:.2f}B parameters, schedule {args.schedule}")
+    print(f"{'':62s}{'rollout':>8s}{'update':>8s}  GiB")
+    for name, a, b in rows:
+        print(f"  {name:60s}{gib(a)}{gib(b)}")
+    peak = max(sum(r[1] for r in rows), sum(r[2] for r in rows))
+    print(f"  {'total':60s}{gib(sum(r[1] for r in rows))}{gib(sum(r[2] for r in rows))}   peak {peak / 2**30:.1f} GiB")
+    return peak
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training loop
+
+def problems_for_step(n, step, k, seed):
+    """The k problem indices of a step: a fresh shuffle every epoch, a pure function of (seed, step) for resume."""
+    out = []
+    for j in range(step * k, (step + 1) * k):
+        epoch, i = divmod(j, n)
+        out.append(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))[i].item())
+    return out
+
+def main(args):
+    t0 = time.time()
+    if args.memory_report:
+        return memory_report(args)
+    if not args.data:
+        sys.exit("--data is required (or --demo)")
+    problems = load_problems(args.data)
+    dev = torch.device(args.device)
+    if dev.type == "cuda":  # cuDNN's attention spends ~0.3 ms of CPU a call: decode 65 vs 69-88 ms/step (bench.py)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    n_long = len(problems)
+    problems = [p for p in problems if len(prompt_ids(tok, p["problem"])) <= args.max_prompt_tokens]
+    if len(problems) < n_long:
+        print(f"dropped {n_long - len(problems)} problems longer than {args.max_prompt_tokens} prompt tokens")
+    senior = load_model(args.model, dev, torch.float32, trainable=True)  # float32 master weights
+    use_junior = args.schedule != "solo" and (args.p_senior < 1 or args.schedule == "step") or args.kl_coef > 0
+    junior = load_model(args.junior or args.model, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
+                        trainable=False) if use_junior else None
+    senior.activation_checkpointing_enable({"use_reentrant": False})     # active in train mode only
+    opt = torch.optim.AdamW(senior.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                            fused=dev.type == "cuda")
+    args.n_vocab, args.pad_id = len(tok), tok.pad_token_id
+    ws, se = word_start_mask(tok), (step_end_mask(tok) if args.schedule == "step" else None)
+    out, start = Path(args.out), 0
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        folder, state = load_checkpoint(out)
+        if folder is None:
+            sys.exit(f"--resume: no checkpoint in {out}")
+        senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        start = state["step"]
+        print(f"resumed from {folder} (step {start})")
+        if (out / "metrics.jsonl").exists():  # forget steps logged after the checkpoint: they are redone
+            lines = (out / "metrics.jsonl").read_text().splitlines()
+            (out / "metrics.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= start))
+    if args.demo:
+        test = load_problems(DEMO_DIR / "test.jsonl")
+        before = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+    log = open(out / "metrics.jsonl", "a")
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train")
+    for step in bar:
+        t_step = time.time()
+        batch = [problems[i] for i in problems_for_step(len(problems), step, args.prompts_per_step, args.seed)]
+        park(opt, junior, "rollout", args)
+        rollouts = rollout(senior, junior, tok, batch, args, ws, se)
+        t_gen = time.time() - t_step
+        park(opt, junior, "update", args)
+        m = dict(step=step + 1, **rollout_metrics(rollouts, args.group_size),
+                 **train_step(senior, junior, opt, rollouts, args), gen_s=t_gen, step_s=time.time() - t_step)
+        log.write(json.dumps(m) + "\n")
+        log.flush()
+        bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['resp_len']:.0f}")
+        if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
+            save_checkpoint(out, step + 1, senior, tok, opt)
+    if args.demo:
+        after = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+        print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
+              f"(n={len(test)} held-out problems, {time.time() - t0:.0f} s)")
+
+if __name__ == "__main__":
+    main(get_args())

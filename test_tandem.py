@@ -1,0 +1,390 @@
+"""Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
+memory, hand-computed numbers. Run: python -m pytest -q test_tandem.py"""
+import json, math, subprocess, sys, threading, time
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+import tandem_grpo as tg
+
+torch.set_num_threads(2)
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+              r"\s+(?!\S)|\s+")
+CORPUS = ["\n\n\n\n", "What is 12 + 34? The sum of the ones is 6.\n\nThe answer is \\boxed{46}.",
+          "Solve the following math problem step by step. Put your final answer inside \\boxed{}.",
+          "We add the tens: 1 + 3 = 4, so the result is 46.\n\nHence the value is \\boxed{46}."] * 4
+
+# ------------------------------------------------------------------------------------------------------------------
+# fixtures: a tokenizer with Qwen's conventions and tiny Qwen3 models wider than the tokenizer
+
+@pytest.fixture(scope="module")
+def tok():
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.Sequence([  # Qwen2's split pattern (digits one by one), then bytes
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tk = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tk.chat_template = CHATML
+    return tk
+
+def tiny_model(tok, seed=0, vocab_pad=24):
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=len(tok) + vocab_pad, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+                      tie_word_embeddings=False)
+    return Qwen3ForCausalLM(cfg).eval()
+
+@pytest.fixture(scope="module")
+def senior(tok):
+    return tiny_model(tok, seed=0)
+
+@pytest.fixture(scope="module")
+def junior(tok):
+    return tiny_model(tok, seed=1)
+
+def prompts(tok, n=4):
+    probs = ["What is 12 + 34?", "Add 1 and 3.", "What is 4?", "Hence the sum of the ones is what value?"]
+    return [tg.prompt_ids(tok, probs[i % 4]) for i in range(n)]
+
+def gen(tok, senior, junior, **kw):
+    kw = dict(dict(eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id, n_vocab=len(tok),
+                   word_start=tg.word_start_mask(tok), max_new_tokens=40, temperature=1.0), **kw)
+    return tg.tandem_generate(senior, junior, kw.pop("prompts", None) or prompts(tok), **kw)
+
+class Counting(torch.nn.Module):
+    """Wraps a model's body to count forward calls (to prove the junior never runs)."""
+    def __init__(self, model):
+        super().__init__()
+        self.m, self.calls = model, 0
+        self.config = model.config
+    def get_decoder(self):
+        self.calls += 1
+        return self.m.get_decoder()
+    def get_output_embeddings(self):
+        return self.m.get_output_embeddings()
+    def parameters(self, *a, **k):
+        return self.m.parameters(*a, **k)
+
+# ------------------------------------------------------------------------------------------------------------------
+# word starts and the author rule
+
+def test_word_start_mask_matches_vocabulary(tok):
+    ws = tg.word_start_mask(tok)
+    assert ws.shape == (len(tok),)
+    vocab = tok.get_vocab()
+    for piece, i in vocab.items():  # the surface text (decoded alone) starts with a space <=> word start
+        assert bool(ws[i]) == (tok.decode([i]).startswith(" ") and i not in tok.all_special_ids), piece
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids
+    assert ws[enc(" answer")[0]] and ws[enc(" 46")[0]]
+    assert not ws[enc("answer")[0]] and not ws[enc(".")[0]]
+    assert enc("\n\n") == [vocab["ĊĊ"]] and not ws[vocab["ĊĊ"]]  # a blank line is one token, not a word start
+    assert not ws[tok.eos_token_id] and not ws[tok.pad_token_id]
+
+def test_p_senior_one_is_all_senior_and_junior_never_runs(tok, senior, junior):
+    j = Counting(junior)
+    torch.manual_seed(0)
+    g = gen(tok, senior, j, p_senior=1.0)
+    assert j.calls == 0
+    assert torch.equal(g["senior"], g["mask"])
+    torch.manual_seed(0)
+    g2 = gen(tok, senior, j, schedule="solo")
+    assert j.calls == 0 and torch.equal(g2["tokens"], g["tokens"])
+
+def test_p_senior_zero_is_all_junior(tok, senior, junior):
+    torch.manual_seed(0)
+    g = gen(tok, senior, junior, p_senior=0.0)
+    assert g["mask"].sum() > 0 and not g["senior"].any()
+    # greedy: the tokens are exactly the junior's own solo output (the coins consume random numbers, so sampled
+    # streams differ; greedy decoding does not depend on them)
+    g = gen(tok, senior, junior, p_senior=0.0, temperature=0)
+    g_j = gen(tok, junior, None, schedule="solo", temperature=0)
+    assert torch.equal(g["tokens"], g_j["tokens"]) and not g["senior"].any()
+
+def author_runs_ok(tokens, by_senior, mask, ws, K):
+    """Check the SPEC rule on one row: the author can change only right after a word-start token or after K tokens."""
+    gap = 0
+    n = int(mask.sum())
+    for t in range(1, n):
+        gap += 1
+        redraw = bool(ws[tokens[t - 1]]) or gap >= K
+        if redraw:
+            gap = 0
+        elif by_senior[t] != by_senior[t - 1]:
+            return False
+    return True
+
+def test_author_changes_only_at_word_starts_or_gap(tok, senior, junior):
+    ws = tg.word_start_mask(tok)
+    for K in (32, 3):
+        torch.manual_seed(1)
+        g = gen(tok, senior, junior, max_gap=K, max_new_tokens=60, prompts=prompts(tok, 8))
+        for b in range(8):
+            assert author_runs_ok(g["tokens"][b], g["senior"][b], g["mask"][b], ws, K)
+    # K cap on its own: an empty word-start mask, K = 4, p = 0.5: authors change only at multiples of 4
+    torch.manual_seed(2)
+    g = gen(tok, senior, junior, word_start=torch.zeros(len(tok), dtype=torch.bool), max_gap=4, max_new_tokens=40)
+    changes = [(b, t) for b in range(4) for t in range(1, int(g["mask"][b].sum()))
+               if g["senior"][b, t] != g["senior"][b, t - 1]]
+    assert changes and all(t % 4 == 0 for _, t in changes)
+
+def test_senior_share_close_to_p(tok, senior, junior):
+    torch.manual_seed(3)
+    for p in (0.5, 0.25):
+        g = gen(tok, senior, junior, p_senior=p, schedule="token", max_new_tokens=60, prompts=prompts(tok, 16))
+        share = g["senior"].sum().item() / g["mask"].sum().item()
+        n = g["mask"].sum().item()
+        assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / n), (p, share, n)
+
+def test_solo_greedy_equals_hf_generate(tok, senior):
+    ps = prompts(tok, 4)  # different lengths: left padding and position ids are exercised
+    g = gen(tok, senior, None, schedule="solo", temperature=0, prompts=ps, max_new_tokens=20)
+    for b, p in enumerate(ps):  # reference: one unpadded prompt at a time through model.generate, greedy
+        ids = torch.tensor([p])
+        ref = senior.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
+                              eos_token_id=list(tg.eos_ids(tok)), pad_token_id=tok.pad_token_id,
+                              # the model is wider than the tokenizer: ids past it do not exist
+                              suppress_tokens=list(range(len(tok), senior.config.vocab_size)))[0, len(p):]
+        n = int(g["mask"][b].sum())
+        assert g["tokens"][b, :n].tolist() == ref[:n].tolist()
+
+def test_author_mask_lines_up_with_tokens(tok, senior, junior):
+    """Rebuild each token's author by re-scoring: a token written by the senior under greedy decoding is the
+    senior's argmax at that position given the prefix, and likewise for the junior."""
+    ps = prompts(tok, 4)
+    torch.manual_seed(4)
+    g = gen(tok, senior, junior, temperature=0, prompts=ps, max_new_tokens=30)
+    for b, p in enumerate(ps):
+        n = int(g["mask"][b].sum())
+        seq = torch.tensor([p + g["tokens"][b, :n].tolist()])
+        for who, m in ((True, senior), (False, junior)):
+            logits = m(seq).logits[0, len(p) - 1:len(p) - 1 + n, :len(tok)]
+            at = g["senior"][b, :n] == who
+            assert torch.equal(logits.argmax(-1)[at], g["tokens"][b, :n][at])
+    assert g["senior"].any() and (g["mask"] & ~g["senior"]).any()
+
+def test_cached_decode_logits_equal_full_forward(tok, senior):
+    p = prompts(tok, 2)
+    ids, attn = tg.left_pad(p, tok.pad_token_id, "cpu")
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    cache = tg.DynamicCache(config=senior.config)
+    h = tg.last_hidden(senior, ids, attn, pos, cache)
+    nxt = torch.tensor([[5], [7]])
+    attn2 = torch.cat([attn, torch.ones(2, 1, dtype=torch.long)], 1)
+    h2 = tg.last_hidden(senior, nxt, attn2, pos[:, -1:] + 1, cache)
+    full = senior(torch.cat([ids, nxt], 1), attention_mask=attn2, position_ids=(attn2.cumsum(1) - 1).clamp(min=0)).logits
+    lm = senior.get_output_embeddings()
+    torch.testing.assert_close(lm(h), full[:, -2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lm(h2), full[:, -1], atol=1e-5, rtol=1e-5)
+
+def test_eos_ends_rows_and_masks(tok, senior):
+    torch.manual_seed(5)
+    g = gen(tok, senior, None, schedule="solo", prompts=prompts(tok, 8), max_new_tokens=25)
+    eos = tg.eos_ids(tok)
+    for b in range(8):
+        n = int(g["mask"][b].sum())
+        toks = g["tokens"][b].tolist()
+        ends = [t for t in range(n) if toks[t] in eos]
+        if g["truncated"][b]:
+            assert n == 25 and not ends
+        else:
+            assert ends == [n - 1]  # mask runs up to and including the first EOS
+        assert all(t == tok.pad_token_id for t in toks[n:])
+
+def test_step_schedule_alternates_at_blank_lines(tok, senior, junior):
+    se = tg.step_end_mask(tok)
+    assert se[tok.get_vocab()["ĊĊ"]] and not se[tok.get_vocab()["Ġthe"]]
+    torch.manual_seed(6)
+    g = gen(tok, senior, junior, schedule="step", step_end=se, prompts=prompts(tok, 8), max_new_tokens=60)
+    for b in range(8):
+        n = int(g["mask"][b].sum())
+        assert g["senior"][b, 0]  # the senior writes the first step
+        for t in range(1, n):
+            swap = bool(se[g["tokens"][b, t - 1]])
+            assert bool(g["senior"][b, t]) == (bool(g["senior"][b, t - 1]) ^ swap)
+
+def test_step_schedule_max_turns(tok, senior, junior):
+    se = torch.ones(len(tok), dtype=torch.bool)  # every token ends a step: turns are single tokens
+    g = gen(tok, senior, junior, schedule="step", step_end=se, max_turns=3, max_new_tokens=40)
+    assert (g["mask"].sum(1) <= 3).all() and g["truncated"][g["mask"].sum(1) == 3].all()
+    assert g["senior"][:, 0].all() and not g["senior"][:, 1].any()
+
+# ------------------------------------------------------------------------------------------------------------------
+# advantages and the loss
+
+def test_group_advantages_worked_example():
+    # group 1: rewards 1,0,0,0: mean 0.25, std (Bessel) = sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5
+    # group 2: all equal -> zero advantage, no gradient
+    a = tg.group_advantages(torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 1]), 4)
+    torch.testing.assert_close(a, torch.tensor([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0]), atol=1e-5, rtol=0)
+    b = tg.group_advantages(torch.tensor([1.0, 0.0]), 2)  # std = sqrt(0.5) -> +-0.5 / 0.7071
+    torch.testing.assert_close(b, torch.tensor([1 / math.sqrt(2), -1 / math.sqrt(2)]), atol=1e-5, rtol=0)
+
+def test_clipped_loss_hand_values():
+    # ratios 1.5, 0.5, 1.1, 0.7 with advantages +1, -1, -2, +2 (clip 0.2):
+    #   A=+1, r=1.5: max(-1.5, -1.2) = -1.2 (clipped above)   A=-1, r=0.5: max(0.5, 0.8) = 0.8 (clipped below)
+    #   A=-2, r=1.1: max(2.2, 2.2) = 2.2                      A=+2, r=0.7: max(-1.4, -1.6) = -1.4 (unclipped)
+    ratio = torch.tensor([1.5, 0.5, 1.1, 0.7])
+    old = torch.zeros(4)
+    adv = torch.tensor([1.0, -1.0, -2.0, 2.0])
+    loss = tg.grpo_loss(ratio.log(), old, adv, n_tokens=4)
+    assert loss.item() == pytest.approx((-1.2 + 0.8 + 2.2 - 1.4) / 4, abs=1e-6)
+    # asymmetric clip: clip_high 0.28 lets ratio 1.5 with A=+1 reach -1.28
+    assert tg.grpo_loss(ratio[:1].log(), old[:1], adv[:1], 1, 0.2, 0.28).item() == pytest.approx(-1.28, abs=1e-6)
+    # k3 KL: ref - logp = log 2 -> k3 = 2 - log 2 - 1
+    kl = tg.grpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), 1, ref_logp=torch.tensor([math.log(2)]),
+                      kl_coef=0.5)
+    assert kl.item() == pytest.approx(0.5 * (1 - math.log(2)), abs=1e-6)
+    # gradient: d(-A ratio)/d logp = -A ratio where unclipped, 0 where the clipped branch wins
+    lp = ratio.log().requires_grad_()
+    tg.grpo_loss(lp, old, adv, 4).backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([0.0, 0.0, 2.0 * 1.1 / 4, -2.0 * 0.7 / 4]))
+
+def rollouts_for(tok, g, ps, rewards):
+    out = []
+    for b, p in enumerate(ps):
+        n = int(g["mask"][b].sum())
+        out.append(dict(prompt=p, response=g["tokens"][b, :n].tolist(), senior=g["senior"][b, :n].tolist(),
+                        reward=rewards[b], truncated=False))
+    return out
+
+def args_for(tok, **kw):
+    a = tg.get_args(["--data", "x"])
+    a.n_vocab, a.pad_id = len(tok), tok.pad_token_id
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+def test_token_mean_over_micro_batches_equals_full_batch(tok, senior, junior):
+    ps = prompts(tok, 8)
+    torch.manual_seed(7)
+    g = gen(tok, senior, junior, prompts=ps)
+    ro = rollouts_for(tok, g, ps, [1.0, 0, 0, 1, 0, 1, 0, 0])
+    grads = []
+    for mb in (8, 3, 1):
+        m = tiny_model(tok, seed=0).float()
+        old = tiny_model(tok, seed=0)
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the step leaves weights, we read the gradient
+        a = args_for(tok, group_size=4, prompts_per_step=2, mini_batch_prompts=2, micro_batch=mb, grad_clip=1e9)
+        captured = {}
+        opt.step = lambda: captured.update(g=[p.grad.clone() for p in m.parameters()])
+        tg.train_step(m, junior, opt, ro, a)
+        grads.append(captured["g"])
+    for other in grads[1:]:
+        for x, y in zip(grads[0], other):
+            torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-4)
+
+def test_junior_positions_get_zero_gradient(tok, senior, junior):
+    ps = prompts(tok, 4)
+    torch.manual_seed(8)
+    g = gen(tok, senior, junior, prompts=ps, max_new_tokens=30)
+    ro = rollouts_for(tok, g, ps, [1.0, 0, 1, 0])
+    ids, attn, P, by_senior = tg.pack(ro, tok.pad_token_id, "cpu")
+    body = senior.get_decoder()
+    keep = {}
+    hook = body.register_forward_hook(lambda mod, inp, out: keep.update(h=out.last_hidden_state) or
+                                      out.last_hidden_state.retain_grad())
+    lp = tg.response_logprobs(senior, ids, attn, P, by_senior, len(tok), 1.0)
+    hook.remove()
+    adv = torch.cat([tg.group_advantages(torch.tensor([1.0, 0, 1, 0]), 4)[i].expand(int(by_senior[i].sum()))
+                     for i in range(4)])
+    tg.grpo_loss(lp, lp.detach(), adv, int(by_senior.sum())).backward()
+    grad = keep["h"].grad[:, P - 1:-1].abs().sum(-1)      # [b, T]: gradient at the state predicting token t
+    resp = torch.tensor([[t < len(r["response"]) for t in range(by_senior.shape[1])] for r in ro])
+    assert (grad[resp & ~by_senior] == 0).all()          # junior-written tokens: exactly zero
+    assert (grad[by_senior] > 0).all()                   # senior-written tokens: all carry gradient
+    senior.zero_grad(set_to_none=True)
+
+def test_logprobs_match_full_log_softmax(tok, senior):
+    ps = prompts(tok, 3)
+    torch.manual_seed(9)
+    g = gen(tok, senior, None, schedule="solo", prompts=ps, max_new_tokens=15)
+    ro = rollouts_for(tok, g, ps, [0, 0, 0])
+    ids, attn, P, sel = tg.pack(ro, tok.pad_token_id, "cpu")
+    sel = torch.tensor([[t < len(r["response"]) for t in range(sel.shape[1])] for r in ro])
+    lp = tg.response_logprobs(senior, ids, attn, P, sel, len(tok), 0.6)
+    for b, r in enumerate(ro):  # reference: each row alone, unpadded, full vocabulary then cut
+        seq = torch.tensor([r["prompt"] + r["response"]])
+        logits = senior(seq).logits[0, len(r["prompt"]) - 1:-1, :len(tok)].float() / 0.6
+        ref = logits.log_softmax(-1).gather(1, torch.tensor(r["response"])[:, None]).squeeze(1)
+        start = int(sel[:b].sum())
+        torch.testing.assert_close(lp[start:start + len(r["response"])], ref, atol=1e-5, rtol=1e-5)
+
+def test_step_changes_senior_not_junior(tok, junior):
+    m = tiny_model(tok, seed=0)
+    m.requires_grad_(True)
+    before_s = [p.clone() for p in m.parameters()]
+    before_j = [p.clone() for p in junior.parameters()]
+    ps = prompts(tok, 4)
+    torch.manual_seed(10)
+    g = gen(tok, m, junior, prompts=ps)
+    ro = rollouts_for(tok, g, ps, [1.0, 0, 0, 0])
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    tg.train_step(m, junior, opt, ro, args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1,
+                                               micro_batch=2, kl_coef=0.001))
+    assert all(torch.equal(a, b) for a, b in zip(before_j, junior.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_s, m.parameters()))
+
+# ------------------------------------------------------------------------------------------------------------------
+# data, the loop, checkpoints
+
+def test_bad_data_rows_name_file_and_line(tmp_path):
+    good = {"problem": "What is 1 + 1?", "answer": "2"}
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps(good) + "\n\n" + json.dumps({"problem": "What is 2 + 2?", "answer": " "}) + "\n")
+    with pytest.raises(ValueError, match=r"d\.jsonl: line 3: missing or empty field 'answer"):
+        tg.load_problems(f)
+    f.write_text(json.dumps(good) + "\n" + '{"problem": "x", "answer": \n')
+    with pytest.raises(ValueError, match=r"d\.jsonl:2: not valid JSON"):
+        tg.load_problems(f)
+    f.write_text(json.dumps({"answer": "2"}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: missing or empty field 'problem"):
+        tg.load_problems(f)
+    j = tmp_path / "d.json"  # a .json list; aliases question / final_answer / solution (boxed answer inside)
+    j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "solution": "so \\boxed{5}"},
+                             {"problem": "Q3"}]))
+    with pytest.raises(ValueError, match=r"d\.json: row 3: missing"):
+        tg.load_problems(j)
+    j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "solution": "so \\boxed{5}"}]))
+    assert tg.load_problems(j) == [{"problem": "Q1", "answer": "3"}, {"problem": "Q2", "answer": "so \\boxed{5}"}]
+
+def write_run_files(tmp_path, tok):
+    tiny_model(tok, seed=0).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(3) for b in range(3)]
+    (tmp_path / "d.jsonl").write_text("\n".join(map(json.dumps, rows)))
+
+def run_main(tmp_path, out, *extra):
+    args = tg.get_args(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "d.jsonl"), "--out", str(out),
+                        "--prompts-per-step", "2", "--mini-batch-prompts", "1", "--group-size", "4",
+                        "--micro-batch", "3", "--gen-batch", "8", "--max-new-tokens", "12", "--lr", "1e-3",
+                        "--temperature", "1.0", "--device", "cpu", *extra])
+    tg.main(args)
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+def test_save_resume_gives_the_same_next_step(tmp_path, tok):
+    write_run_files(tmp_path, tok)
+    straight = run_main(tmp_path, tmp_path / "a", "--steps", "2", "--save-every", "1")
+    run_main(tmp_path, tmp_path / "b", "--steps", "1")
+    resumed = run_main(tmp_path, tmp_path / "b", "--steps", "2", "--resume")
+    assert [m["step"] for m in resumed] == [1, 2]
+    for k in ("reward", "resp_len", "senior_share", "loss", "grad_norm"):
+        assert resumed[1][k] == pytest.approx(straight[1][k], rel=1e-5, abs=1e-7), k
+    wa = Qwen3ForCausalLM.from_pretrained(tmp_path / "a" / "step_000002").state_dict()
+    wb = Qwen3ForCausalLM.from_pretrained(tmp_path / "b" / "step_000002").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # atomic layout: no temporary folders left, `latest` names the newest, only it keeps the optimizer state
+    assert (tmp_path / "a" / "latest").read_text() == "step_000002"
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    assert (tmp_path / "a" / "step_000002" / "trainer.pt").exists()
+    assert not (tmp_path / "a" / "step_000001" / "trainer.pt").exists()
+    assert (tmp_path / "a" / "step_000001" / "model.safetensors").exists()
