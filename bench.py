@@ -3,6 +3,7 @@ bench.py: measured speed (and, on a GPU, memory) of tandem_grpo.py. Prints figur
 
     python bench.py            # CPU: tiny Qwen3 with Qwen3's real 151,936-entry vocabulary, batch 16,
                                # 128-token prompts, 256 new tokens; median of --repeats runs; ends with 4 ratios
+    python bench.py --reward   # the answer checker: median and max ms per call over the test table and a stress set
     python bench.py --paper    # GPU: a Qwen3-4B-shaped model with random weights (configs/qwen3-4b), one slice of
                                # the paper's step: peak memory per phase, tandem vs solo tokens/s, step breakdown
 """
@@ -123,6 +124,30 @@ def cpu_bench(a):
     print(f"bench: trl_step/grpo_step {t_trl / t_grpo:.2f}")
 
 # ------------------------------------------------------------------------------------------------------------------
+def reward_bench(a):
+    """reward() over the test table (CASES) and a stress set: pathological inputs, long completions, injections."""
+    from test_tandem import CASES, INJECTIONS, PATHOLOGICAL
+    step = (r"Let $a_n = \frac{n(n+1)}{2}$, so $a_{n+1} - a_n = n + 1$ and $\sum_{k=1}^{n} k^2 = "
+            r"\frac{n(n+1)(2n+1)}{6}$. Checking $n = 3$: $1 + 4 + 9 = 14$. ")
+    long = [(step * 40 + r"Therefore the answer is $\boxed{\dfrac{n(n+1)(2n+1)}{6}}$.", r"\frac{n(n+1)(2n+1)}{6}"),
+            (step * 40 + r"Therefore the answer is $\boxed{\frac{n^2(n+1)}{2}}$.", r"\frac{n(n+1)(2n+1)}{6}"),
+            (step * 200 + r"Final answer: \boxed{(-\infty, -2] \cup [3, \infty)}", r"(-\infty,-2]\cup[3,\infty)"),
+            (step * 200 + r"Final answer: \boxed{x = \frac{-3 \pm \sqrt{17}}{4}}",
+             r"\frac{-3+\sqrt{17}}{4}, \frac{-3-\sqrt{17}}{4}"),
+            (step * 100, "14")]  # no box at all
+    stress = PATHOLOGICAL + long + [(r"\boxed{" + c.format(m="/tmp/never") + "}", "0") for c in INJECTIONS]
+    tg.reward(r"\boxed{x+1}", "1+x")  # warm-up: sympy's first calls fill caches
+    for name, pairs in (("table", [(c, g) for g, c, _ in CASES]), ("stress", stress)):
+        ms = []
+        for _ in range(a.repeats):
+            for completion, gold in pairs:
+                t = time.perf_counter()
+                tg.reward(completion, gold)
+                ms.append(1000 * (time.perf_counter() - t))
+        print(f"bench: reward {name:6s} {len(pairs):4d} inputs x {a.repeats}: median {statistics.median(ms):6.2f} ms"
+              f"   max {max(ms):7.1f} ms")
+
+# ------------------------------------------------------------------------------------------------------------------
 def paper_bench(a):
     """One slice of the paper's step on one GPU: peak memory of a rollout batch whose two KV caches hold the full
     prompt + response length, peak memory and time of one mini-batch update on full-length co-written rollouts,
@@ -215,6 +240,7 @@ def paper_bench(a):
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--paper", action="store_true", help="GPU slice of the paper's step (see the docstring)")
+    p.add_argument("--reward", action="store_true", help="time the answer checker")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--prompt-len", type=int, default=128)
@@ -230,4 +256,4 @@ if __name__ == "__main__":
     a = p.parse_args()
     if a.paper and "--prompt-len" not in sys.argv:  # the paper's lengths unless told otherwise
         a.prompt_len, a.new_tokens = 1024, 3000
-    paper_bench(a) if a.paper else cpu_bench(a)
+    paper_bench(a) if a.paper else reward_bench(a) if a.reward else cpu_bench(a)

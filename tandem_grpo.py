@@ -24,8 +24,11 @@ All numbers follow the paper and the authors' code (verl's GRPO); see ../shared/
 """
 import argparse, json, math, os, random, re, shutil, sys, time
 from contextlib import nullcontext
+from fractions import Fraction
 from pathlib import Path
 
+import mpmath  # ships with sympy (its numeric backend): the answer checker's bounded evaluator
+import sympy as sp
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -133,26 +136,10 @@ def prompt_ids(tokenizer, problem):
     return tokenizer(text, add_special_tokens=False).input_ids
 
 # ------------------------------------------------------------------------------------------------------------------
-# Reward: 1 if the last \boxed{} equals the gold answer, else 0 (no format reward)
-
-def last_boxed(text):
-    """Content of the last \\boxed{...} (braces matched), or None."""
-    i = text.rfind("\\boxed")
-    if i < 0:
-        return None
-    j = text.find("{", i)
-    if j < 0:
-        return None
-    depth = 0
-    for k in range(j, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[k], 0)
-        if depth == 0:
-            return text[j + 1:k]
-    return None
-
-def reward(completion, gold):
-    pred = last_boxed(completion)
-    return float(pred is not None and pred.strip() == (last_boxed(gold) or gold).strip())
+# Reward: 1 if the last \boxed{} of the completion equals the gold answer, else 0 (no format reward)
+# reward(completion, gold) -> 1.0 or 0.0 is the only signal RL gets. Deciding "equals" for competition answers
+# (\frac12 vs 0.5, \{1,2\} vs \{2,1\}, x = 3 vs 3, units, intervals, ...) without ever running model text through
+# eval() takes a few hundred lines: they sit in the appendix at the end of this file.
 
 # ------------------------------------------------------------------------------------------------------------------
 # Co-generation: two models, two KV caches, one token stream
@@ -211,7 +198,7 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
     Returns tokens [B, T] (pad after the end), senior [B, T] (True where the senior wrote the token),
     mask [B, T] (response tokens up to and including EOS) and truncated [B] (stopped without EOS)."""
     dev, B = next(senior.parameters()).device, len(prompts)
-    if schedule == "solo" or (schedule != "step" and p_senior >= 1):
+    if junior is None or schedule == "solo" or (schedule != "step" and p_senior >= 1):
         junior, schedule = None, "solo"
     models = [senior] if junior is None else [senior, junior]
     eos = torch.tensor(sorted(eos_ids), device=dev)
@@ -488,7 +475,8 @@ def solo_accuracy(model, tok, problems, batch=100, max_new_tokens=3000, temperat
 def memory_report(args):
     """Print the GPU budget of this setting, line by line, in GiB. Two phases never overlap: rollouts (weights,
     bf16 copy, junior, both KV caches; AdamW parked on the CPU) and updates (weights, grads, AdamW, activations of
-    one micro-batch with checkpointing, one logits chunk; junior parked unless --kl-coef). Estimates: ~5% slack."""
+    one micro-batch with checkpointing, one logits chunk; junior parked unless --kl-coef). Estimates: the peaks
+    bench.py --paper measured on an H200 for Qwen3-4B were up to 5% above them (allocator, temporaries)."""
     c = AutoConfig.from_pretrained(args.model)
     H, I, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
     hd = getattr(c, "head_dim", None) or H // c.num_attention_heads
@@ -503,6 +491,8 @@ def memory_report(args):
             ("junior weights, bf16", 2 * n * tandem, 2 * n * (args.kl_coef > 0)),
             (f"KV caches: {args.gen_batch} rollouts x {S} tokens x {1 + tandem} models, bf16",
              args.gen_batch * S * 2 * L * kv * 2 * (1 + tandem), 0),
+            (f"prompt prefill, one layer's temporaries ({args.max_prompt_tokens}-token prompts)",
+             args.gen_batch * args.max_prompt_tokens * (3 * I * 2 + 3 * H * 4), 0),
             (f"checkpointed layer inputs: {args.micro_batch} x {S} tokens x {L} layers, fp32", 0, L * tok_mb * H * 4),
             ("one layer recomputed in backward (+ its grads)", 0, 2 * tok_mb * (2 * (2 * q + 2 * kv) + 8 * I + 16 * H)),
             (f"logits chunk: {LOGITS_CHUNK} x {V} fp32 (logits, log-softmax, grad)", 0, 3 * LOGITS_CHUNK * V * 4)]
@@ -592,6 +582,503 @@ def main(args):
         after = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
         print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
               f"(n={len(test)} held-out problems, {time.time() - t0:.0f} s)")
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
+# reward(completion, gold) is 1.0 when the last \boxed{} answer of the completion means the same as the gold answer,
+# else 0.0. Model text never reaches eval(): a whitelist tokenizer and a small recursive-descent parser build sympy
+# objects directly, every size that makes sympy slow is capped before building, and equality is decided by exact
+# rationals, sympy's canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
+# Policies (percent, units, tolerance, lists vs tuples, ...) are listed in README.md.
+
+MAX_ANSWER = 1000        # longer answers are only compared as plain strings
+MAX_BOX_SCAN = 10_000    # a \boxed{ not closed within this many chars is no answer
+MAX_DEPTH = 40           # parser nesting depth
+MAX_BITS = 100_000       # largest exact rational we build (~30k digits)
+MAX_ROOT_BITS = 512      # sympy factors radicands and function arguments: keep them small
+MAX_EXP = 10_000         # largest numeric exponent
+MAX_FACTORIAL = 5000
+MAX_MAG = 10**6          # numeric values stay within 2^(+-MAX_MAG)
+TIME_BUDGET = 0.4        # seconds per comparison, checked inside our own loops
+REL_TOL = Fraction(1, 10**4)  # decimal answer vs exact value: ~4-5 significant digits
+TIGHT_TOL = 1e-25        # exact vs exact, evaluated with 40 digits
+
+class _Fail(Exception):
+    pass
+
+def _check(ok, why="unsupported"):
+    if not ok:
+        raise _Fail(why)
+
+def _tick(deadline):
+    _check(time.monotonic() < deadline, "out of time")
+
+# --- extraction --------------------------------------------------------------------------
+def last_boxed(text):
+    """Content of the last \\boxed{...} / \\fbox{...} (braces matched), or x in '\\boxed x'."""
+    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if i < 0:
+        return None
+    rest = text[i + (6 if text.startswith("\\boxed", i) else 5):][:MAX_BOX_SCAN]
+    m = re.match(r"\s*\{", rest)
+    if not m:  # "\boxed 5": the next run of non-space characters
+        m = re.match(r"[ \t]+([^\s$]+)", rest)
+        return m.group(1) if m else None
+    depth = 0
+    for b in re.finditer(r"[{}]", rest[m.end() - 1:]):
+        depth += 1 if b.group() == "{" else -1
+        if depth == 0:
+            return rest[m.end():m.end() - 1 + b.start()]
+    return None  # unclosed, e.g. a truncated completion
+
+# --- normalisation: spellings that do not change the answer -----------------------------------
+_UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u00f7": "\\div ",
+            "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ",
+            "\u00b0": "", "\u222a": "\\cup ", "\u00b1": "\\pm "}
+_RULES = [(re.compile(p), r) for p, r in [
+    (r"\\\$|\$", ""),                                             # $...$ and dollar signs
+    (r"^\\[(\[]|\\[)\]]$", ""),                                   # \( ... \), \[ ... \]
+    (r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])|\\(?:display|text)style", ""),
+    (r"\\[dtc]frac", r"\\frac"),
+    (r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}"),                 # \frac12
+    (r"(?<!\\)\\!|\{,\}|(?<=\d)\\,(?=\d{3}(?!\d))", ""),          # \!, 10{,}000, 10\,000
+    (r"(?<!\\)\\[,;: ]|\\q?quad(?![a-zA-Z])|~", " "),             # spacing
+    (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""),             # degrees dropped: 30^\circ == 30
+    (r"\\?%", ""),                                                # percent sign dropped: 50\% == 50
+    (r"\\emptyset|\\varnothing", r"\\{\\}"),
+    (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),
+    (r"^\s*([a-zA-Z]\s*)?\\approx", r"\1="),                      # "x \approx 0.33" is x = 0.33
+    (r"(?<=\S)\s*\\approx.*$", ""),                               # "\frac13 \approx 0.33" is \frac13
+    # a trailing \text{ cm}, \mbox{ square units}^2 ... after a number is a unit
+    (r"(?<=[\w})])\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z\s.]*\}(?:\^\{?[23]\}?)?\s*$", ""),
+    (r"\\(?:text(?:bf|it|rm)?|mbox|math(?:rm|bf|it)|boldsymbol|operatorname)\s*\{([^{}]*)\}", r"\1"),
+    (r"\s+(?:and|or)\s+", ", "),                                  # "2 and 3" is a list
+    (r"(?<![\\a-zA-Z])(sqrt|pi|infty|sin|cos|tan|ln|log|exp)(?![a-zA-Z])", r"\\\1"),
+    (r"(?<=[\d})])\s+(?:[a-zA-Z]{2,}\b\.?\s*)+(?:\^\{?[23]\}?)?$", ""),  # "5 square units"
+    (r"^\s*=|[\s.,;]+$", ""),                                     # leading '=', trailing period
+    (r"\s+", " "),
+]]
+
+def _normalize(s):
+    s = " ".join(s.split())  # collapse whitespace first: keeps the rules below linear
+    for u, r in _UNICODE.items():
+        s = s.replace(u, r)
+    for _ in range(2):  # twice, for nested \text{\textbf{...}}
+        for pat, rep in _RULES:
+            s = pat.sub(rep, s.strip())
+    if re.fullmatch(r"-?\d{1,3}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?", s):  # 10,000 and 10 000; not "32, 349"
+        s = re.sub("[, ]", "", s)
+    return s.strip()
+
+def _is_text(s):
+    """Words (3+ letters, or an all-letter answer like 'no') are text, not a product like x*y*z."""
+    s = re.sub(r"\\(?:begin|end)\{\w+\}", "", s)
+    return bool(re.search(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}", s) or re.fullmatch(r"[a-zA-Z ]*[a-zA-Z]{2}[a-zA-Z ]*", s))
+
+def _choice(s):
+    """Multiple-choice label: '(C) 12' -> ('C', '12'), 'C' -> ('C', ''), anything else -> (None, s)."""
+    m = re.fullmatch(r"\(([A-E])\)\s*(.*)|([A-E])", s)
+    if not m or re.search(r"^,|\([A-E]\)", m.group(2) or ""):  # "(C), (D)" is no single choice
+        return None, s
+    return m.group(1) or m.group(3), m.group(2) or ""
+
+def _decimals(s):
+    """Most digits after a decimal point in s, or None when s has no decimal number."""
+    found = re.findall(r"\d*\.(\d+)", s)
+    return max(map(len, found)) if found else None
+
+# --- LaTeX -> sympy through a whitelist, with sizes capped before sympy sees them ----------------
+_TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+|\\[a-zA-Z]+|<=|>=|[a-zA-Z]|[-+*/^_!()\[\]{}|=<>])")
+_FUNCS = {"sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "cot": sp.cot, "sec": sp.sec, "csc": sp.csc,
+          "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan, "sinh": sp.sinh, "cosh": sp.cosh,
+          "tanh": sp.tanh, "ln": sp.log, "log": sp.log, "exp": sp.exp}  # \log is the natural log
+_INVERSE = {"sin": sp.asin, "cos": sp.acos, "tan": sp.atan}  # \sin^{-1} x is arcsin x
+_CONSTS = {"pi": sp.pi, "infty": sp.oo}
+_GREEK = set("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta kappa lambda mu nu xi "
+             "rho sigma tau phi varphi chi psi omega Gamma Delta Theta Lambda Sigma Phi Psi Omega".split())
+_RELOPS = {"=": "=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "\\lt": "<", "\\gt": ">",
+           "\\le": "<=", "\\leq": "<=", "\\leqslant": "<=", "\\ge": ">=", "\\geq": ">=", "\\geqslant": ">="}
+_LONE = re.compile(r"\s*(?:[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-zA-Z, ]*\))?|\\[a-zA-Z]+)\s*=")  # x = .., f(x) = ..
+
+def _bits(r):
+    return r.p.bit_length() + r.q.bit_length()
+
+def _small(e):
+    """Refuse exact numbers too big to keep computing with (sympy puts the rational coefficient first)."""
+    r = e if e.is_Rational else (e.args[0] if e.args and e.args[0].is_Rational else None)
+    _check(r is None or _bits(r) <= MAX_BITS, "number too big")
+    return e
+
+def _pow(b, x, parser):
+    """b^x, refused when sympy would eagerly build a huge number or factor a big radicand."""
+    if x.is_Number:
+        _check(abs(x) <= MAX_EXP, "exponent too big")
+        if b.is_number and b not in (0, 1, -1):
+            bits = sum(_bits(r) for r in b.atoms(sp.Rational))
+            _check(abs(x) * bits <= MAX_BITS, "power too big")
+            if b.is_Rational and not x.is_Integer:  # roots get factored, products of roots together
+                parser.root_bits += bits
+                _check(parser.root_bits <= MAX_ROOT_BITS, "radicand too big")
+    return _small(sp.Pow(b, x))
+
+def _div(n, d):
+    _check(d != 0, "division by zero")
+    return _small(n / d)
+
+def _call(f, *args):
+    for a in args:  # sympy factors big integer arguments: log(10^30000) never returns
+        _check(all(_bits(r) <= MAX_ROOT_BITS for r in a.atoms(sp.Rational)), "argument too big")
+    return f(*args)
+
+class _Parser:
+    """Recursive descent: relation > sum > product (explicit or implicit) > sign > power > atom."""
+
+    def __init__(self, s, sign, deadline):
+        self.toks = _TOKEN.findall(s)
+        _check("".join(self.toks) == "".join(s.split()), "bad character")  # anything off the whitelist
+        self.i, self.sign, self.deadline, self.depth, self.bars, self.root_bits = 0, sign, deadline, 0, 0, 0
+
+    def peek(self):
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self, want=None):
+        t = self.peek()
+        _check(t is not None and want in (None, t), f"expected {want}")
+        self.i += 1
+        return t
+
+    def accept(self, t):
+        return self.peek() == t and bool(self.take())
+
+    def nest(self, d):
+        self.depth += d
+        _check(self.depth <= MAX_DEPTH, "too deep")
+        _tick(self.deadline)
+
+    def sgn(self, op):  # which branch of \pm we are parsing decides \pm and \mp
+        return {"+": 1, "-": -1, "\\pm": self.sign, "\\mp": -self.sign}[op]
+
+    def relation(self, lone):
+        exprs, ops = [self.expr()], []
+        while self.peek() in _RELOPS:
+            ops.append(_RELOPS[self.take()])
+            exprs.append(self.expr())
+        _check(self.peek() is None, "trailing input")
+        if not ops:
+            return ("expr", exprs[0])
+        if set(ops) == {"="}:  # x = 6/2 = 3 reads as x = 3
+            return ("eq", exprs[0], exprs[-1], lone)
+        return _interval(exprs, ops)
+
+    def expr(self):
+        self.nest(1)
+        e = self.term()
+        while self.peek() in ("+", "-", "\\pm", "\\mp"):
+            e = _small(e + self.sgn(self.take()) * self.term())
+        self.nest(-1)
+        return e
+
+    def starts_factor(self, t, funcs=True):  # implicit product: 2x, 3\sqrt{2}, (a+b)(a-b); never "2 3"
+        if t is None or t[0].isdigit() or t[0] == ".":
+            return False
+        if t[0] == "\\":
+            return t[1:] in ("frac", "sqrt", "binom") or t[1:] in _CONSTS or t[1:] in _GREEK or (
+                funcs and t[1:] in _FUNCS)
+        return t.isalpha() or t in ("(", "{") or (t == "|" and self.bars == 0)
+
+    def term(self):
+        e = self.unary()
+        while True:
+            t = self.peek()
+            if t in ("*", "\\cdot", "\\times", "/", "\\div"):
+                self.take()
+                f = self.unary()
+                e = _div(e, f) if t in ("/", "\\div") else _small(e * f)
+            elif self.starts_factor(t):
+                e = _small(e * self.power())
+            else:
+                return e
+
+    def unary(self):  # -x, --x, \pm x (a loop, so no recursion depth to guard)
+        s = 1
+        while self.peek() in ("+", "-", "\\pm", "\\mp"):
+            s *= self.sgn(self.take())
+        return s * self.power()
+
+    def power(self):
+        e = self.atom(mixed=True)
+        while self.accept("!"):
+            _check(not e.is_Integer or 0 <= e <= MAX_FACTORIAL, "factorial too big")
+            e = sp.factorial(e)
+        return _pow(e, self.exponent(), self) if self.accept("^") else e
+
+    def exponent(self):  # ^2, ^{2n}, and the sloppy ^-1
+        return -self.arg() if self.accept("-") else self.arg()
+
+    def group(self, close):
+        e = self.expr()
+        self.take(close)
+        return e
+
+    def arg(self):  # argument of \frac, \sqrt, ^, _: a {group} or a single atom
+        return self.group("}") if self.accept("{") else self.atom()
+
+    def atom(self, mixed=False):
+        self.nest(0)
+        t = self.take()
+        if t[0].isdigit() or t[0] == ".":
+            f, ahead = Fraction(t), self.toks[self.i:self.i + 7]  # exact: 0.1 is 1/10, never a float
+            if mixed and t.isdigit() and ahead[:2] == ["\\frac", "{"] and ahead[3::3] == ["}", "}"]:
+                p, q = ahead[2], ahead[5]  # mixed number: 2\frac{1}{4} is 9/4
+                if p.isdigit() and q.isdigit() and 0 < int(p) < int(q):
+                    f, self.i = f + Fraction(int(p), int(q)), self.i + 7
+            return _small(sp.Rational(f.numerator, f.denominator))
+        if t.isalpha():
+            if self.accept("_"):  # x_1, a_{n}: one symbol
+                sub = [self.take()]
+                while sub[0] == "{" and sub[-1] != "}":
+                    sub.append(self.take())
+                _check(all(x.isalnum() for x in sub[1:-1] or sub), "bad subscript")
+                return sp.Symbol(t + "_" + "".join(sub).strip("{}"))
+            return {"e": sp.E, "i": sp.I}.get(t) or sp.Symbol(t)
+        if t in ("(", "[", "{"):
+            return self.group({"(": ")", "[": "]", "{": "}"}[t])
+        if t == "|":
+            self.bars += 1
+            e = _call(sp.Abs, self.group("|"))
+            self.bars -= 1
+            return e
+        name = t[1:]
+        if name == "frac":
+            return _div(self.arg(), self.arg())
+        if name == "sqrt":
+            n = self.group("]") if self.accept("[") else sp.Integer(2)
+            x = self.arg()
+            _check(n.is_Integer and n > 0, "bad root index")
+            if x.is_Rational and x < 0 and n % 2:  # \sqrt[3]{-8} is -2, the real root
+                return -_pow(-x, 1 / n, self)
+            return _pow(x, 1 / n, self)
+        if name == "binom":  # sympy expands binomial(sqrt(2), 5000): evaluate small integers only
+            n, k = self.arg(), self.arg()
+            small = all(v.is_Integer and abs(v) <= MAX_FACTORIAL for v in (n, k))
+            return sp.binomial(n, k, evaluate=small)
+        if name in _FUNCS:
+            return self.function(name)
+        if name in _CONSTS:
+            return _CONSTS[name]
+        _check(name in _GREEK, "unknown command " + t)
+        return sp.Symbol(name)
+
+    def function(self, name):
+        f, p = _FUNCS[name], (self.exponent() if self.accept("^") else None)  # \sin^2 x
+        if p == -1 and name in _INVERSE:
+            f, p = _INVERSE[name], None
+        base = self.arg() if name == "log" and self.accept("_") else None  # \log_2 8
+        if self.peek() in ("(", "{"):
+            x = self.atom()
+        else:  # \sin 2x is sin(2x); \sin x \cos x is sin(x)cos(x)
+            x = self.power()
+            while self.starts_factor(self.peek(), funcs=False):
+                x = x * self.power()
+        y = _call(f, x) if base is None else _call(sp.log, x, base)
+        return y if p is None else _pow(y, p, self)
+
+def _interval(exprs, ops):
+    """x > 3 -> (3, oo); -1 <= x < 2 -> [-1, 2)."""
+    if all(o[0] == ">" for o in ops):
+        exprs, ops = exprs[::-1], [o.replace(">", "<") for o in ops[::-1]]
+    _check(all(o[0] == "<" for o in ops) and len(exprs) in (2, 3), "not an interval")
+    if len(exprs) == 2:
+        exprs, ops = ([-sp.oo] + exprs, ["<"] + ops) if exprs[0].is_Symbol else (exprs + [sp.oo], ops + ["<"])
+    _check(exprs[1].is_Symbol, "not an interval")
+    brackets = ("[" if ops[0] == "<=" else "(") + ("]" if ops[1] == "<=" else ")")
+    return ("tuple", brackets, [("expr", exprs[0]), ("expr", exprs[2])])
+
+# --- answer structure ---------------------------------------------------------------------------
+# A parsed answer is ("expr", e) | ("eq", lhs, rhs, lhs_is_a_name) | ("tuple", brackets, items)
+# | ("set", items) | ("mat", shape, items). Bare lists, \{...\}, \cup and \pm make sets.
+def _split(s, sep):
+    """Split s at top-level occurrences of sep, ignoring anything inside brackets."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        depth += (s[i] in "([{") - (s[i] in ")]}")
+        if depth == 0 and s.startswith(sep, i):
+            parts.append(s[start:i].strip())
+            start = i = i + len(sep)
+        else:
+            i += 1
+    return parts + [s[start:].strip()]
+
+def _wrapped(s):
+    """True when the bracket opening s closes at its last character: '(1,2)' but not '(1)(2)'."""
+    depth = 0
+    for i, c in enumerate(s):
+        depth += (c in "([{") - (c in ")]}")
+        if depth == 0:
+            return i == len(s) - 1
+    return False
+
+def _items(parts, deadline, depth):
+    """Parse list items; an item with \\pm gives both values: "1 \\pm 2, 5" is {3, -1, 5}."""
+    vals = [_parse(p, deadline, depth + 1) for p in parts]
+    return [x for v in vals for x in (v[1] if v[0] == "set" else [v])]
+
+def _parse(s, deadline, depth=0):
+    _check(depth < 8, "too deep")
+    _tick(deadline)
+    m = re.match(r"(?:[a-zA-Z]|\([a-zA-Z, ]+\))\s*(?:\\in|=)\s*(?=[(\[]|\\\{)", s)  # x \in [1,2)
+    if m:
+        v = _parse(s[m.end():], deadline, depth + 1)
+        if v[0] != "expr":
+            return v
+    parts = _split(s, ",")
+    parts = parts if len(parts) > 1 else _split(s, "\\cup")
+    if len(parts) > 1:  # a bare list is unordered: "enter all the solutions"
+        return ("set", _items(parts, deadline, depth))
+    if s.startswith("\\{") and s.endswith("\\}") and _wrapped(s[1:]):
+        inner = s[2:-2].strip()
+        return ("set", _items(_split(inner, ","), deadline, depth) if inner else [])
+    if s[:1] in ("(", "[") and s[-1:] in (")", "]") and _wrapped(s):
+        items = _split(s[1:-1], ",")
+        if len(items) > 1:  # ordered pair or interval: the brackets matter
+            return ("tuple", s[0] + s[-1], [_parse(p, deadline, depth + 1) for p in items])
+    m = re.fullmatch(r"\\begin\{([pb]?matrix)\}(.*)\\end\{\1\}", s, re.S)
+    if m:
+        rows = [r.split("&") for r in re.split(r"\\\\", m.group(2)) if r.strip()]
+        _check(rows and all(len(r) == len(rows[0]) for r in rows), "ragged matrix")
+        return ("mat", (len(rows), len(rows[0])), [_parse(c.strip(), deadline, depth + 1) for r in rows for c in r])
+    signs = (1, -1) if re.search(r"\\(?:pm|mp)(?![a-zA-Z])", s) else (1,)
+    vals = [_Parser(s, sign, deadline).relation(bool(_LONE.match(s))) for sign in signs]
+    return vals[0] if len(vals) == 1 else ("set", vals)
+
+# --- equality -----------------------------------------------------------------------------------
+_MPFUNCS = {sp.sin: "sin", sp.cos: "cos", sp.tan: "tan", sp.cot: "cot", sp.sec: "sec", sp.csc: "csc",
+            sp.asin: "asin", sp.acos: "acos", sp.atan: "atan", sp.sinh: "sinh", sp.cosh: "cosh",
+            sp.tanh: "tanh", sp.exp: "exp", sp.log: "log", sp.Abs: "fabs", sp.factorial: "factorial",
+            sp.binomial: "binomial"}
+_MPCONSTS = {sp.pi: "pi", sp.E: "e", sp.I: "j"}
+
+def _eval(e, env, ctx, deadline):
+    """Numeric value of a sympy tree at fixed precision; values beyond 2^MAX_MAG are refused."""
+    _tick(deadline)
+    if e.is_Symbol:
+        return env[e]
+    if e.is_Rational:
+        return ctx.mpf(e.p) / e.q
+    if e in _MPCONSTS:
+        return getattr(ctx, _MPCONSTS[e])
+    args = [_eval(a, env, ctx, deadline) for a in e.args]
+    if e.is_Add:
+        v = ctx.fsum(args)
+    elif e.is_Mul:
+        v = ctx.fprod(args)
+    elif e.is_Pow:
+        b, x = args
+        _check(b == 0 or abs(x) * abs(ctx.log(abs(b), 2)) <= MAX_MAG, "too big")
+        v = ctx.power(b, x)
+    else:
+        name = _MPFUNCS.get(e.func)
+        _check(name is not None, "no numeric value")
+        _check(name in ("log", "fabs") or all(abs(a) <= 10**5 for a in args), "argument too big")
+        v = getattr(ctx, name)(*args)
+    _check(ctx.isfinite(v) and (v == 0 or abs(ctx.mag(v)) <= MAX_MAG), "not finite")
+    return v
+
+def _samples(f, g, deadline, want=3):
+    """(f, g) values at `want` random points (one if constant); [] if they cannot be evaluated."""
+    ctx = mpmath.MPContext()  # a private context: mpmath changes precision while it works
+    ctx.dps = 40
+    syms = sorted(f.free_symbols | g.free_symbols, key=str)
+    want, rng, out = (want if syms else 1), random.Random(0), []
+    for _ in range(3 * want):
+        _tick(deadline)
+        env = {s: ctx.mpf(rng.choice((-1, 1)) * rng.randint(30, 300)) / 97 for s in syms}
+        try:
+            out.append((_eval(f, env, ctx, deadline), _eval(g, env, ctx, deadline)))
+        except Exception:  # undefined or too big at this point: try another one
+            continue
+        if len(out) == want:
+            return out
+    return []
+
+def _close(x, y, tol):  # relative, never absolute: 1/2004! is not 1/2006!
+    return abs(x - y) <= tol * max(abs(x), abs(y))
+
+def _same_expr(a, b, k, deadline):
+    if a == b:  # sympy's canonical forms agree
+        return True
+    if a.is_Rational and b.is_Rational:  # exact, except a decimal against a fraction it rounds
+        fa, fb = Fraction(a.p, a.q), Fraction(b.p, b.q)
+        exact = k is None or ((fa * 10**k).denominator == 1 and (fb * 10**k).denominator == 1)
+        return not exact and abs(fa - fb) <= REL_TOL * max(abs(fa), abs(fb))
+    if (a - b).is_Rational:  # sympy cancelled all but a nonzero number: sqrt(N) + 1 vs sqrt(N)
+        return False
+    tol = TIGHT_TOL if k is None else float(REL_TOL)
+    pts = _samples(a, b, deadline)
+    return bool(pts) and all(_close(x, y, tol) for x, y in pts)
+
+def _equal(a, b, k, deadline):
+    _tick(deadline)
+    if a[0] == "eq" and b[0] != "eq":
+        a, b = b, a
+    if b[0] == "eq" and a[0] != "eq":  # "x = 3" vs "3": the value of the named unknown
+        return b[3] and _equal(a, ("expr", b[2]), k, deadline)
+    if "set" in (a[0], b[0]):  # unordered, with multiplicity: each item matched once
+        xs, ys = (v[1] if v[0] == "set" else [v] for v in (a, b))
+        if len(xs) != len(ys):
+            return False
+        ys = list(ys)
+        for x in xs:  # an identical item if there is one (cheap), else any equal one
+            j = next((j for j, y in enumerate(ys) if y == x), None)
+            j = next((j for j, y in enumerate(ys) if _equal(x, y, k, deadline)), None) if j is None else j
+            if j is None:
+                return False
+            ys.pop(j)
+        return True
+    if a[0] != b[0] or (a[0] in ("tuple", "mat") and a[1] != b[1]):
+        return False  # different kinds, brackets or shapes
+    if a[0] == "expr":
+        return _same_expr(a[1], b[1], k, deadline)
+    if a[0] in ("tuple", "mat"):
+        return len(a[2]) == len(b[2]) and all(_equal(x, y, k, deadline) for x, y in zip(a[2], b[2]))
+    if a[3] and b[3] and a[1] == b[1]:  # y = 2x+3 vs y = 3+2x
+        return _same_expr(a[2], b[2], k, deadline)
+    # other equations: L1 - R1 = c (L2 - R2) for a constant c != 0 (scaled, sides swapped)
+    pts = _samples(a[1] - a[2], b[1] - b[2], deadline)
+    ratios = [x / y for x, y in pts if y != 0]
+    tol = TIGHT_TOL if k is None else float(REL_TOL)
+    return len(pts) == len(ratios) > 1 and ratios[0] != 0 and all(_close(r, ratios[0], tol) for r in ratios)
+
+def answers_equal(pred, gold):
+    """True when the answer string pred means the same as the answer string gold."""
+    try:
+        if len(pred) > MAX_ANSWER or len(gold) > MAX_ANSWER:
+            return pred.strip() == gold.strip()
+        p, g = _normalize(pred), _normalize(gold)
+        if p == g:
+            return bool(p)
+        (pl, pv), (gl, gv) = _choice(p), _choice(g)
+        if pl and gl:  # both name a choice: compare the letters
+            return pl == gl
+        p, g = (pv if pl else p), (gv if gl else g)  # "(C) 12" vs "12": compare the values
+        if not p or not g:
+            return False
+        if _is_text(p) or _is_text(g):  # case, spaces and punctuation do not matter
+            return re.sub(r"[^a-z0-9]", "", p.lower()) == re.sub(r"[^a-z0-9]", "", g.lower())
+        dp, dg = _decimals(p), _decimals(g)  # a tolerance only for a decimal against an exact value
+        k = max(dp or 0, dg or 0) if (dp is None) != (dg is None) else None
+        deadline = time.monotonic() + TIME_BUDGET
+        return bool(_equal(_parse(p, deadline), _parse(g, deadline), k, deadline))
+    except Exception:  # unparseable, too big or too slow: simply not equal
+        return False
+
+def reward(completion, gold):
+    """1.0 if the last boxed answer of the completion equals the gold answer, else 0.0."""
+    try:
+        pred = last_boxed(completion)
+        return float(pred is not None and answers_equal(pred, last_boxed(gold) or gold))
+    except Exception:
+        return 0.0
 
 if __name__ == "__main__":
     main(get_args())

@@ -388,3 +388,384 @@ def test_save_resume_gives_the_same_next_step(tmp_path, tok):
     assert (tmp_path / "a" / "step_000002" / "trainer.pt").exists()
     assert not (tmp_path / "a" / "step_000001" / "trainer.pt").exists()
     assert (tmp_path / "a" / "step_000001" / "model.safetensors").exists()
+
+# ------------------------------------------------------------------------------------------------------------------
+# reward: the answer checker (a table of hand-written cases, injections, pathological inputs)
+
+# (gold, completion, expected reward). Golds are written the way the datasets write them
+# (MATH: bare LaTeX, OlympiadBench: $...$, some sets: \boxed{}), completions the way models answer.
+CASES = [
+    # --- extraction -------------------------------------------------------------------------
+    ("5", r"Adding up, the total is $\boxed{5}$.", 1),
+    ("5", r"First guess \boxed{3}. Wait, I made an error; correcting it gives \boxed{5}.", 1),
+    ("3", r"First guess \boxed{3}. Wait, I made an error; correcting it gives \boxed{5}.", 0),
+    ("5", r"So the answer is \boxed{5}. Let me double check: maybe 6? No, 5 is right.", 1),
+    ("5", r"The answer is 5.", 0),
+    ("5", r"The answer is $\boxed 5$.", 1),
+    ("5", r"\fbox{5}", 1),
+    (r"\frac{1}{2}", r"Thus $p = \boxed{\frac{1}{2}}$", 1),
+    (r"\boxed{\frac{\sqrt{3}}{2}}", r"$\boxed{\dfrac{\sqrt3}{2}}$", 1),
+    (r"$\frac{\sqrt{3}}{2}$", r"\boxed{\frac{\sqrt{3}}{2}}", 1),
+    ("5", r"so the final answer is \boxed{5", 0),
+    ("5", r"\boxed{}", 0),
+    ("12", r"\boxed{\boxed{12}}", 1),
+    (r"\{1,2\}", r"The solution set is $\boxed{\{1, 2\}}$.", 1),
+    ("3, 5", r"The roots are \boxed{3} and \boxed{5}.", 0),  # only the last box counts
+    # --- \dfrac, \frac12, \sqrt3, \left \right, spacing -----------------------------------------
+    (r"\frac{1}{2}", r"\boxed{\dfrac{1}{2}}", 1),
+    (r"\frac{1}{2}", r"\boxed{\tfrac12}", 1),
+    (r"\frac{1}{2}", r"\boxed{\frac13}", 0),
+    (r"\frac{\sqrt{3}}{3}", r"\boxed{\frac{\sqrt3}3}", 1),
+    (r"\sqrt{3}", r"\boxed{\sqrt 3}", 1),
+    (r"\sqrt{3}", r"\boxed{\sqrt{2}}", 0),
+    ("(1,2)", r"\boxed{\left( 1, 2 \right)}", 1),
+    (r"\left[ -1, 4 \right)", r"\boxed{[-1,4)}", 1),
+    (r"3\sqrt{2}", r"\boxed{3\,\sqrt{2}}", 1),
+    (r"\frac{7}{2}", r"\boxed{\displaystyle\frac{7}{2}}", 1),
+    # --- thousands separators vs lists --------------------------------------------------------
+    ("10000", r"\boxed{10{,}000}", 1),
+    ("10000", r"\boxed{10,000}", 1),
+    ("10000", r"\boxed{10\,000}", 1),
+    ("10000", r"\boxed{1,\!000}", 0),
+    ("1000000", r"\boxed{1,000,000}", 1),
+    ("1234.5", r"\boxed{1,234.5}", 1),
+    ("32, 349", r"\boxed{32349}", 0),
+    ("32349", r"\boxed{32, 349}", 0),
+    ("32, 349", r"\boxed{349, 32}", 1),
+    # --- units, degrees, percent, dollars -----------------------------------------------------
+    ("5", r"\boxed{5\text{ cm}}", 1),
+    ("24", r"The area is \boxed{24 \text{ square units}}.", 1),
+    ("12", r"\boxed{12\mbox{ inches}}", 1),
+    ("50", r"\boxed{50\,\mathrm{m}}", 1),
+    (r"$5 \mathrm{~cm}$", r"\boxed{5}", 1),
+    ("6", r"\boxed{6 \text{ cm}^2}", 1),
+    ("6", r"\boxed{7 \text{ cm}^2}", 0),
+    ("30", r"\boxed{30^\circ}", 1),
+    ("30", r"\boxed{30^{\circ}}", 1),
+    (r"30^\circ", r"\boxed{30 \text{ degrees}}", 1),
+    ("30", r"\boxed{31^\circ}", 0),
+    (r"\frac{\pi}{6}", r"\boxed{30^\circ}", 0),  # no degree/radian conversion
+    (r"25\%", r"\boxed{25}", 1),
+    ("25", r"\boxed{25\%}", 1),
+    (r"25\%", r"\boxed{0.25}", 0),  # the percent sign is dropped, not rescaled
+    (r"\$18.90", r"\boxed{18.90}", 1),
+    ("18.90", r"\boxed{\$18.9}", 1),
+    ("18.90", r"\boxed{\$19.80}", 0),
+    ("5", r"\boxed{5.}", 1),
+    # --- decimals, integers, mixed numbers ----------------------------------------------------
+    ("0.5", r"\boxed{.5}", 1),
+    (r"\frac{1}{2}", r"\boxed{0.5}", 1),
+    ("5", r"\boxed{5.0}", 1),
+    ("5", r"\boxed{5.00}", 1),
+    ("5", r"\boxed{5.01}", 0),
+    ("033", r"\boxed{33}", 1),
+    ("33", r"\boxed{033}", 1),
+    ("330", r"\boxed{33}", 0),
+    (r"\frac{9}{4}", r"\boxed{2\frac{1}{4}}", 1),
+    (r"2\frac14", r"\boxed{2.25}", 1),
+    (r"2\frac{1}{4}", r"\boxed{\frac{1}{2}}", 0),
+    (r"2\frac{1}{4}", r"\boxed{2\frac{1}{3}}", 0),
+    (r"-3\frac{1}{2}", r"\boxed{-\frac{7}{2}}", 1),
+    ("100", r"\boxed{99}", 0),
+    ("100", r"\boxed{101}", 0),
+    ("100", r"\boxed{-100}", 0),
+    ("0", r"\boxed{0}", 1),
+    ("0", r"\boxed{-0}", 1),
+    (r"-\frac{1}{2}", r"\boxed{\frac{-1}{2}}", 1),
+    (r"-\frac12", r"\boxed{-0.5}", 1),
+    (r"-\frac12", r"\boxed{\frac12}", 0),
+    (r"3 \times 10^8", r"\boxed{300000000}", 1),
+    (r"1.5 \times 10^{-3}", r"\boxed{0.0015}", 1),
+    (r"2^{10}", r"\boxed{1024}", 1),
+    ("1023", r"\boxed{2^{10}}", 0),
+    ("120", r"\boxed{5!}", 1),
+    (r"\binom{5}{2}", r"\boxed{10}", 1),
+    (r"2^{100}", r"\boxed{1267650600228229401496703205376}", 1),
+    (r"2^{100}", r"\boxed{1267650600228229401496703205377}", 0),
+    (r"10^{100}", r"\boxed{10^{100}+1}", 0),
+    # --- exact vs approximate: relative tolerance only for a decimal against an exact value ------
+    (r"\frac{1}{2004!}", r"\boxed{\frac{1}{2004!}}", 1),
+    (r"\frac{1}{2004!}", r"\boxed{\frac{1}{2006!}}", 0),
+    (r"\frac{1}{2004!}", r"\boxed{0}", 0),
+    (r"\frac{1}{2004!}", r"\boxed{0.0}", 0),
+    (r"\frac{\pi}{2004!}", r"\boxed{\frac{\pi}{2006!}}", 0),
+    (r"\frac13", r"\boxed{0.3333}", 1),
+    (r"\frac13", r"\boxed{0.33}", 0),
+    (r"\frac{2}{3}", r"\boxed{0.6667}", 1),
+    (r"\frac{2}{3}", r"\boxed{0.6}", 0),
+    ("0.3", r"\boxed{\frac{1}{3}}", 0),
+    (r"\pi", r"\boxed{3.14159}", 1),
+    (r"\pi", r"\boxed{3.14}", 0),
+    (r"\sqrt{2}", r"\boxed{1.41421}", 1),
+    (r"\sqrt{2}", r"\boxed{1.41}", 0),
+    (r"\sqrt{2}", r"\boxed{\frac{99}{70}}", 0),
+    ("1000.5", r"\boxed{1000.6}", 0),
+    (r"\frac{2001}{2}", r"\boxed{1000.6}", 0),
+    (r"\frac{2001}{2}", r"\boxed{1000.5}", 1),
+    ("2.5", r"\boxed{\frac{5}{2}}", 1),
+    # --- symbolic ---------------------------------------------------------------------------
+    (r"4\sqrt{2}", r"\boxed{4}", 0),
+    ("4", r"\boxed{4\sqrt2}", 0),
+    (r"4\sqrt{2}", r"\boxed{\sqrt{32}}", 1),
+    (r"6\sqrt{3}", r"\boxed{\sqrt{108}}", 1),
+    (r"6\sqrt{3}", r"\boxed{6\sqrt{2}}", 0),
+    (r"\frac{\sqrt{2}}{2}", r"\boxed{\frac{1}{\sqrt{2}}}", 1),
+    (r"\frac{3\sqrt{3}}{4}", r"\boxed{\frac34\sqrt3}", 1),
+    (r"\frac{\sqrt{5}-1}{2}", r"\boxed{\frac{-1+\sqrt{5}}{2}}", 1),
+    (r"\frac{\sqrt{5}-1}{2}", r"\boxed{\frac{1+\sqrt{5}}{2}}", 0),
+    (r"2+\sqrt{3}", r"\boxed{\sqrt{3}+2}", 1),
+    (r"2+\sqrt{3}", r"\boxed{2-\sqrt3}", 0),
+    (r"\sqrt{2}+\sqrt{3}", r"\boxed{\sqrt{5+2\sqrt{6}}}", 1),
+    (r"\sqrt[3]{2}", r"\boxed{2^{1/3}}", 1),
+    (r"\sqrt[3]{2}", r"\boxed{\sqrt{2}}", 0),
+    ("-2", r"\boxed{\sqrt[3]{-8}}", 1),
+    (r"2\pi", r"\boxed{2 \pi}", 1),
+    (r"2\pi", r"\boxed{\pi \cdot 2}", 1),
+    (r"2\pi", r"\boxed{\pi}", 0),
+    (r"\frac{\pi}{4}", r"\boxed{\frac{1}{4}\pi}", 1),
+    (r"\frac{\pi}{4}", r"\boxed{0.7854}", 1),
+    (r"\frac{\pi}{4}", r"\boxed{\arctan 1}", 1),
+    ("-1", r"\boxed{e^{i\pi}}", 1),
+    ("3+4i", r"\boxed{4i+3}", 1),
+    ("3+4i", r"\boxed{3-4i}", 0),
+    ("i", r"\boxed{\sqrt{-1}}", 1),
+    ("3", r"\boxed{\log_2 8}", 1),
+    ("e^2", r"\boxed{e^{2}}", 1),
+    (r"e^2", r"\boxed{2e}", 0),
+    ("x^2+2x+1", r"\boxed{(x+1)^2}", 1),
+    ("(x+1)^2", r"\boxed{x^2+1}", 0),
+    ("x^2-1", r"\boxed{(x-1)(x+1)}", 1),
+    (r"\frac{x+1}{x-1}", r"\boxed{\frac{1+x}{x-1}}", 1),
+    (r"\frac{x+1}{x-1}", r"\boxed{\frac{x-1}{x+1}}", 0),
+    (r"\frac{1}{x}", r"\boxed{x^{-1}}", 1),
+    ("n(n+1)/2", r"\boxed{\frac{n^2+n}{2}}", 1),
+    (r"\binom{n+1}{2}", r"\boxed{\frac{n(n+1)}{2}}", 1),
+    (r"\frac{n(n+1)}{2}", r"\boxed{\frac{n(n-1)}{2}}", 0),
+    ("2ab", r"\boxed{2ba}", 1),
+    ("a^2b", r"\boxed{a b^2}", 0),
+    (r"2\sin x\cos x", r"\boxed{\sin 2x}", 1),
+    (r"\sin^2 x", r"\boxed{1-\cos^2 x}", 1),
+    (r"\tan\theta", r"\boxed{\frac{\sin\theta}{\cos\theta}}", 1),
+    (r"\sqrt{x^2}", r"\boxed{x}", 0),
+    (r"\infty", r"\boxed{\infty}", 1),
+    (r"\infty", r"\boxed{-\infty}", 0),
+    # --- x = 3 vs 3, equations ------------------------------------------------------------------
+    ("3", r"\boxed{x = 3}", 1),
+    ("x=3", r"\boxed{3}", 1),
+    ("3", r"\boxed{x = -3}", 0),
+    ("3", r"\boxed{x = 3 \text{ or } x = -3}", 0),
+    (r"\frac{1}{3}", r"\boxed{x = 0.3333}", 1),
+    ("y = 2x + 3", r"\boxed{y=3+2x}", 1),
+    ("y = 2x + 3", r"\boxed{2x - y + 3 = 0}", 1),
+    ("y = 2x + 3", r"\boxed{y = 2x - 3}", 0),
+    ("y = 2x + 3", r"\boxed{2x+3}", 1),
+    ("x^2 + y^2 = 1", r"\boxed{2x^2+2y^2=2}", 1),
+    ("x^2 + y^2 = 1", r"\boxed{x^2+y^2=2}", 0),
+    ("x + 2y = 5", r"\boxed{5 = x + 2y}", 1),
+    ("x + 2y = 5", r"\boxed{x+2y=6}", 0),
+    ("2x + 3y = 6", r"\boxed{2x+3y}", 0),
+    ("f(x) = x^2 + 1", r"\boxed{x^2+1}", 1),
+    ("f(x) = x^2 + 1", r"\boxed{f(x) = x^2 - 1}", 0),
+    # --- multiple choice ----------------------------------------------------------------------
+    (r"\text{(C)}", r"\boxed{C}", 1),
+    ("C", r"\boxed{(C)}", 1),
+    ("C", r"\boxed{\text{(C)}}", 1),
+    ("C", r"\boxed{\textbf{(C)}\ 17}", 1),
+    ("C", r"\boxed{D}", 0),
+    ("(B)", r"\boxed{\text{(D)}}", 0),
+    (r"\textbf{(B) }12", r"\boxed{B}", 1),
+    ("17", r"\boxed{\textbf{(C) } 17}", 1),
+    ("17", r"\boxed{\textbf{(C) } 18}", 0),
+    ("17", r"\boxed{C}", 0),
+    # --- text answers -------------------------------------------------------------------------
+    (r"\text{Monday}", r"\boxed{monday}", 1),
+    ("Monday", r"\boxed{\text{Tuesday}}", 0),
+    (r"\text{odd}", r"\boxed{\text{Odd}}", 1),
+    (r"\text{odd}", r"\boxed{\text{even}}", 0),
+    (r"\text{yes}", r"\boxed{No}", 0),
+    ("no", r"\boxed{\text{No}}", 1),
+    (r"\text{dog}", r"\boxed{god}", 0),
+    (r"\text{infinitely many}", r"\boxed{\text{Infinitely many}}", 1),
+    # --- tuples and intervals -----------------------------------------------------------------
+    ("(2, 3)", r"\boxed{(2,3)}", 1),
+    ("(2, 3)", r"\boxed{(3,2)}", 0),
+    ("(2, 3)", r"\boxed{[2,3]}", 0),
+    ("(2, 3)", r"\boxed{2, 3}", 0),  # an ordered pair needs its brackets
+    ("(1, -2, 3)", r"\boxed{(1,-2,3)}", 1),
+    ("(1, -2, 3)", r"\boxed{(1,2,3)}", 0),
+    ("(1, -2, 3)", r"\boxed{(1,-2)}", 0),
+    (r"\left( \frac{1}{2}, \frac{\sqrt{3}}{2} \right)", r"\boxed{(0.5, \frac{\sqrt3}{2})}", 1),
+    ("[2, 5)", r"\boxed{[2,5)}", 1),
+    ("[2, 5)", r"\boxed{[2,5]}", 0),
+    ("[2, 5)", r"\boxed{(2,5)}", 0),
+    (r"(-\infty, 3]", r"\boxed{(-\infty,3]}", 1),
+    (r"(-\infty, 3]", r"\boxed{x \le 3}", 1),
+    (r"(-\infty, 3]", r"\boxed{x < 3}", 0),
+    (r"(3, \infty)", r"\boxed{x > 3}", 1),
+    ("[-2, 7]", r"\boxed{-2 \le x \le 7}", 1),
+    ("[-2, 7]", r"\boxed{-2 < x \le 7}", 0),
+    ("[1, 2)", r"\boxed{x \in [1,2)}", 1),
+    (r"(-\infty, -1) \cup (1, \infty)", r"\boxed{(1,\infty)\cup(-\infty,-1)}", 1),
+    (r"(-\infty, -1) \cup (1, \infty)", r"\boxed{(-\infty,-1)}", 0),
+    (r"(-\infty, -1) \cup (1, \infty)", r"\boxed{(-\infty,-1]\cup(1,\infty)}", 0),
+    (r"(-\infty, -1) \cup (1, \infty)", r"\boxed{x < -1 \text{ or } x > 1}", 1),
+    # --- sets, lists, \pm ---------------------------------------------------------------------
+    (r"\{1, 2\}", r"\boxed{\{2, 1\}}", 1),
+    (r"\{1, 2\}", r"\boxed{\{1, 2, 3\}}", 0),
+    ("1, 2", r"\boxed{\{1,2\}}", 1),
+    ("1, 2, 3", r"\boxed{3, 1, 2}", 1),
+    ("1, 2, 3", r"\boxed{1, 2}", 0),
+    ("1, 2", r"\boxed{1, 2, 2}", 0),
+    ("-2, 3", r"\boxed{2, -3}", 0),
+    ("1, 2", r"\boxed{x = 1, x = 2}", 1),
+    ("-1, 2", r"\boxed{x=-1 \text{ or } x=2}", 1),
+    ("-1, 2", r"\boxed{-1 \text{ and } 2}", 1),
+    (r"\emptyset", r"\boxed{\varnothing}", 1),
+    (r"\emptyset", r"\boxed{\{0\}}", 0),
+    (r"2 \pm \sqrt{3}", r"\boxed{2+\sqrt3, 2-\sqrt3}", 1),
+    (r"\pm 2", r"\boxed{2, -2}", 1),
+    (r"\pm 2", r"\boxed{2}", 0),
+    (r"1 \pm \sqrt{2}", r"\boxed{1\pm\sqrt 2}", 1),
+    (r"1 \pm \sqrt{2}", r"\boxed{-1\pm\sqrt 2}", 0),
+    (r"x = \frac{-1 \pm \sqrt{5}}{2}", r"\boxed{\frac{-1+\sqrt5}{2}, \frac{-1-\sqrt5}{2}}", 1),
+    (r"x = \frac{-1 \pm \sqrt{5}}{2}", r"\boxed{\frac{-1+\sqrt5}{2}}", 0),
+    # --- matrices -----------------------------------------------------------------------------
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{bmatrix}1&2\\3&4\end{bmatrix}}", 1),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{pmatrix}1&3\\2&4\end{pmatrix}}", 0),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{pmatrix}1&2\\3&-4\end{pmatrix}}", 0),
+    (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 \\ -2 \end{pmatrix}}", 1),
+    (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 & -2 \end{pmatrix}}", 0),
+    (r"\begin{pmatrix} \frac{1}{2} & 0 \\ 0 & \frac{1}{2} \end{pmatrix}",
+     r"\boxed{\begin{pmatrix} 0.5 & 0 \\ 0 & 1/2 \end{pmatrix}}", 1),
+    # --- more forms seen in model outputs --------------------------------------------------------
+    ("1000", r"\boxed{1 000}", 1),
+    ("16386.20", r"\boxed{\$16,\!386.20}", 1),
+    (r"12\pi", r"\boxed{12 \pi \text{ square units}}", 1),
+    (r"\tan^2 y + 1", r"\boxed{\sec^2(y)}", 1),
+    (r"(\frac{3}{5}, \frac{8}{3}]", r"\boxed{(0.6, 2.6667]}", 1),
+    (r"(\frac{3}{5}, \frac{8}{3}]", r"\boxed{(0.6, 2.6667)}", 0),
+    ("34x+45y-20z+100=0", r"\boxed{-34x-45y+20z-100=0}", 1),
+    (r"\frac{1}{3}", r"\boxed{\frac{1}{3} \approx 0.333}", 1),
+    (r"\frac{1}{3}", r"\boxed{x \approx 0.3333}", 1),
+    ("C", r"\boxed{\text{(C) or (D)}}", 0),
+    (r"(-\infty, \infty)", r"\boxed{\mathbb{R}}", 1),
+    (r"\frac{\sqrt{6}}{3}", r"\boxed{\sqrt{\frac{2}{3}}}", 1),
+    ("(1,2), (3,4)", r"\boxed{(3,4),(1,2)}", 1),
+    ("(1,2), (3,4)", r"\boxed{(3,4)}", 0),
+    ("(a,b)=(1,2)", r"\boxed{(1,2)}", 1),
+    ("y=-\\frac{1}{2}x+3", r"\boxed{x+2y=6}", 1),
+    ("y=-\\frac{1}{2}x+3", r"\boxed{x+2y=3}", 0),
+    ("a_{n}=2n+1", r"\boxed{2n+1}", 1),
+    ("2\\ln 2", r"\boxed{\ln 4}", 1),
+    (r"\frac{1}{2}+\frac{\sqrt{3}}{2}i", r"\boxed{\frac{1+i\sqrt3}{2}}", 1),
+    ("5\\text{ feet}", r"\boxed{60 \text{ inches}}", 0),  # units are dropped, never converted
+    (r"\sqrt{" + "7" * 120 + "}", r"\boxed{\sqrt{" + "7" * 120 + "}+1}", 0),  # 1 in 10^60: exact, not numeric
+    # --- full completions ---------------------------------------------------------------------
+    (r"\frac{5}{6}",
+     "We need $P(\\text{at least one six})$. The complement has probability $(5/6)^2 = 25/36$, "
+     "so $P = 1 - 25/36 = 11/36$.\n\nHmm, the question asks for the probability of *no* six in one roll, "
+     "which is $\\frac{5}{6}$.\n\nFinal answer: $\\boxed{\\dfrac{5}{6}}$", 1),
+    ("204",
+     "Let $n$ be the number. Then $n \\equiv 4 \\pmod{8}$ and $n \\equiv 0 \\pmod{17}$, so $n = 17k$ with "
+     "$17k \\equiv k \\equiv 4$. The smallest such $n$ above 100 is $17 \\cdot 12 = 204$.\n\n**Answer:** "
+     "\\boxed{204}", 1),
+    ("204", "... therefore $n = 17 \\cdot 12$, i.e. $\\boxed{17 \\cdot 12}$.", 1),
+    ("204", "... therefore $n = 17 \\cdot 11 = \\boxed{187}$.", 0),
+]
+
+
+@pytest.mark.parametrize("gold,completion,expected", CASES)
+def test_reward_table(gold, completion, expected):
+    assert tg.reward(completion, gold) == expected
+
+
+def test_table_is_large_and_balanced():
+    assert len(CASES) >= 150
+    assert sum(e == 0 for _, _, e in CASES) >= 50
+
+
+@pytest.mark.parametrize("text,expected", [
+    (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
+    (r"\boxed{a} then \fbox{b}", "b"),
+    (r"\boxed{\left\{ x \right\}} text after", r"\left\{ x \right\}"),
+    (r"$\boxed 7$", "7"),
+    (r"\boxed{unclosed", None),
+    ("no box here", None),
+])
+def test_last_boxed(text, expected):
+    assert tg.last_boxed(text) == expected
+
+
+INJECTIONS = [
+    "__import__('os').system('touch {m}')",
+    "lambda: __import__('os').system('touch {m}')",
+    "().__class__.__bases__[0].__subclasses__()",
+    "x.__class__.__mro__",
+    "eval(\"__import__('os').system('touch {m}')\")",
+    "exec('import os; os.system(\"touch {m}\")')",
+    "open('{m}', 'w').write('x')",
+    "Symbol('x').__init__.__globals__",
+    r"\text{{__import__('os').system('touch {m}')}}",
+    "x + __import__('os').system('touch {m}')",
+]
+
+
+@pytest.mark.parametrize("code", INJECTIONS)
+def test_boxed_python_executes_nothing(code, tmp_path):
+    marker = tmp_path / "pwned"
+    payload = code.format(m=marker)
+    for gold in ("0", "5", "x"):
+        assert tg.reward(r"\boxed{" + payload + "}", gold) == 0.0
+    assert not marker.exists()
+
+
+PATHOLOGICAL = [
+    (r"\boxed{9^{9^{9^9}}}", "1"),
+    (r"\boxed{10000!}", "10000!"),
+    (r"\boxed{10000!}", "9999!"),
+    (r"\boxed{(10^{1000})!}", "1"),
+    (r"\boxed{\binom{10^{100}}{10^{99}}}", "1"),
+    ("\\boxed{" + "{" * 10_000 + "1" + "}" * 10_000 + "}", "1"),
+    ("\\boxed{" + "(" * 400 + "1" + ")" * 400 + "}", "1"),
+    ("\\boxed{" + "-" * 900 + "1}", "1"),
+    ("\\boxed{" + "\\frac{1}{" * 150 + "2" + "}" * 150 + "}", "1"),
+    ("x" * 1_000_000 + r"\boxed{5}", "5"),
+    ("\\boxed{" + "1+" * 500_000 + "1}", "1"),
+    ("\\boxed{" + "\\boxed{" * 10_000, "1"),
+    ("\\boxed{" + "".join(rf"\sqrt{{{p}}}" for p in range(10**15, 10**15 + 40)) + "}", "1"),
+    (r"\boxed{\sqrt{" + "7" * 150 + "}}", r"\sqrt{" + "7" * 150 + "}+1"),
+    (r"\boxed{\log(10^{20000})}", "1"),
+    (r"\boxed{\sin(10^{20000})}", "0"),
+    (r"\boxed{x^{x^{x^{x^{x^{x}}}}}}", "x^{x^{x^{x^{x^{x}}}}}+1"),
+    (r"\boxed{e^{e^{e^{e^{e^{x}}}}}}", "e^{e^{e^{e^{e^{x}}}}}+1"),
+    (r"\boxed{(x+y+z+1)^{10000}}", "(x+y+z+1)^{9999}"),
+    (r"\boxed{2^{2^{2^{2^{2}}}}}", "2^{65536}+1"),
+    ("\\boxed{" + ", ".join(f"x+{i}" for i in range(120)) + "}", ", ".join(f"x+{i}" for i in range(1, 121))),
+    ("\\boxed{5 " + "ab " * 300 + "!}", "5"),
+]
+
+
+@pytest.mark.parametrize("completion,gold", PATHOLOGICAL, ids=range(len(PATHOLOGICAL)))
+def test_pathological_inputs_return_fast(completion, gold):
+    t = time.monotonic()
+    r = tg.reward(completion, gold)
+    assert r in (0.0, 1.0)
+    assert time.monotonic() - t < 2.0
+
+
+def test_worker_thread():
+    out = {}
+    def work():
+        t = time.monotonic()
+        out["r"] = [tg.reward(c, g) for c, g in PATHOLOGICAL[:3] + [(r"\boxed{\frac{1}{2}}", "0.5")]]
+        out["dt"] = time.monotonic() - t
+    th = threading.Thread(target=work)
+    th.start()
+    th.join(timeout=30)
+    assert out["r"][-1] == 1.0 and out["dt"] < 8.0
+
+
+def test_no_exception_escapes():
+    for bad in [None, 5, b"\\boxed{5}", object()]:
+        assert tg.reward(bad, "5") == 0.0
+        assert tg.reward(r"\boxed{5}", bad) == 0.0
