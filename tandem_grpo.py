@@ -41,7 +41,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Dynami
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 # --demo swaps in these defaults (flags given on the command line still win): a tiny model, 2 CPU cores, minutes.
 DEMO = dict(model=str(DEMO_DIR / "model"), data=str(DEMO_DIR / "train.jsonl"), out="runs/demo", steps=40,
-            prompts_per_step=8, mini_batch_prompts=4, group_size=8, micro_batch=32, gen_batch=64, lr=2e-4,
+            prompts_per_step=8, mini_batch_prompts=4, group_size=8, micro_batch=32, gen_batch=64, lr=2e-5,
             max_new_tokens=96, save_every=0, temperature=1.0)
 
 def get_args(argv=None):
@@ -524,6 +524,8 @@ def main(args):
         sys.exit("--data is required (or --demo)")
     problems = load_problems(args.data)
     dev = torch.device(args.device)
+    if args.demo:  # a tiny model: extra threads cost more than they give, and thrash when the cores are busy
+        torch.set_num_threads(1)
     if dev.type == "cuda":  # cuDNN's attention spends ~0.3 ms of CPU a call: decode 65 vs 69-88 ms/step (bench.py)
         torch.backends.cuda.enable_cudnn_sdp(False)
     torch.manual_seed(args.seed)

@@ -2,15 +2,18 @@
 memory, hand-computed numbers. Run: python -m pytest -q test_tandem.py"""
 import json, math, subprocess, sys, threading, time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+import eval as ev
 import tandem_grpo as tg
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: one thread is faster than two, and does not thrash on a busy machine
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
@@ -388,6 +391,275 @@ def test_save_resume_gives_the_same_next_step(tmp_path, tok):
     assert (tmp_path / "a" / "step_000002" / "trainer.pt").exists()
     assert not (tmp_path / "a" / "step_000001" / "trainer.pt").exists()
     assert (tmp_path / "a" / "step_000001" / "model.safetensors").exists()
+
+# ------------------------------------------------------------------------------------------------------------------
+# eval.py: pass@k, bootstrap intervals, cross-entropy and KL, handoff schedules
+
+def eval_args(**kw):
+    a = ev.get_args(["--senior", "x", "--data", "x", "--device", "cpu"])
+    small = dict(n=4, max_new_tokens=24, batch=16, tf_batch=8, temperature=1.0, top_k=0, top_p=1.0)
+    for k, v in {**small, **kw}.items():
+        setattr(a, k, v)
+    return a
+
+class Boost(torch.nn.Module):
+    """An output layer that adds `by` to the logits of `ids` (to make a tiny random model write blank lines)."""
+    def __init__(self, head, ids, by):
+        super().__init__()
+        self.head, self.ids, self.by = head, ids, by
+    def forward(self, h):
+        out = self.head(h)
+        out[..., self.ids] += self.by
+        return out
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token logits are the same vector w at every position: h = 1, logits = w h."""
+    def __init__(self, w):
+        super().__init__()
+        self.head = torch.nn.Linear(1, len(w), bias=False)
+        self.head.weight.data = w[:, None].clone()
+    def get_decoder(self):
+        return lambda input_ids, **kw: SimpleNamespace(last_hidden_state=torch.ones(*input_ids.shape, 1))
+    def get_output_embeddings(self):
+        return self.head
+
+# ------------------------------------------------------------------------------------------------------------------
+# statistics
+
+def test_pass_at_k_hand_values():
+    assert ev.pass_at_k(8, 3, 1) == pytest.approx(0.375)                      # c / n
+    assert ev.pass_at_k(8, 3, 2) == pytest.approx(1 - 10 / 28)                # C(5,2) / C(8,2)
+    assert ev.pass_at_k(8, 3, 4) == pytest.approx(1 - math.comb(5, 4) / math.comb(8, 4))  # 1 - 5/70
+    assert ev.pass_at_k(8, 3, 8) == 1.0 and ev.pass_at_k(8, 5, 4) == 1.0      # k > n - c: a correct one is drawn
+    assert ev.pass_at_k(8, 0, 4) == 0.0 and ev.pass_at_k(8, 8, 1) == 1.0
+    assert ev.ks_for(8) == [1, 2, 4, 8] and ev.ks_for(6) == [1, 2, 4, 6] and ev.ks_for(1) == [1]
+
+def test_bootstrap_contains_estimate_and_narrows():
+    few = torch.tensor([1.0] * 6 + [0.0] * 14)                # 20 problems, mean 0.3
+    many = few.repeat(100)                                    # 2000 problems, same mean
+    lo1, hi1 = ev.bootstrap_ci([few])
+    lo2, hi2 = ev.bootstrap_ci([many])
+    assert lo1 < 0.3 < hi1 and lo2 < 0.3 < hi2
+    # the normal approximation: width = 2 * 1.96 * sqrt(0.3 * 0.7 / n)
+    assert hi1 - lo1 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 20), rel=0.15)
+    assert hi2 - lo2 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 2000), rel=0.1)
+    # macro over two files: the interval of (mean_1 + mean_2) / 2; a file without variance adds none
+    lo3, hi3 = ev.bootstrap_ci([many, torch.ones(50)])
+    assert (lo3, hi3) == pytest.approx(((lo2 + 1) / 2, (hi2 + 1) / 2), abs=0.01)
+    assert ev.bootstrap_ci([torch.full((30,), 0.25)]) == pytest.approx((0.25, 0.25))
+
+def fake_file(rewards_by_problem, legibility=None):
+    """An evaluate() result whose three schedules share the given rewards; solo samples carry the given legibility."""
+    res = {}
+    for sch in ev.SCHEDULES:
+        res[sch] = [[dict(reward=r, length=10, senior_tokens=5, truncated=False) for r in rs]
+                    for rs in rewards_by_problem]
+    for i, x in enumerate(x for s in res["solo"] for x in s):
+        x.update(legibility=legibility[i] if legibility else 1.0, self_ce=0.5, drift=0.1)
+    return res
+
+def test_metrics_macro_and_paired_by_problem():
+    a = eval_args(n=2)
+    f1 = fake_file([[1, 0], [0, 0]], legibility=[1, 3, 1, 3])   # pass@1 per problem 0.5, 0 -> 0.25
+    f2 = fake_file([[1, 1], [1, 1], [1, 1], [1, 1]], legibility=[4] * 8)
+    m = ev.metrics([f1, f2], a)
+    assert m["solo pass@1"][0] == pytest.approx((0.25 + 1) / 2)  # macro: files weigh equally, not problems
+    assert m["solo pass@2"][0] == pytest.approx((0.5 + 1) / 2)   # problem 1 of f1: 1 - C(1,2)/C(2,2) = 1
+    assert m["legibility"] == pytest.approx((2 + 4) / 2)         # per response, per file, then macro
+    assert m["step/solo pass@2"] == pytest.approx(1.0) and m["word share"] == pytest.approx(0.5)
+    # paired by problem: b is a plus 1/2 on every problem -> the difference is exactly 1/2, with a zero-width interval
+    b = fake_file([[1, 1], [1, 0]])
+    d = ev.paired([b], [f1], a)
+    assert d["solo pass@1"] == pytest.approx([0.5, 0.5, 0.5])
+    lo, hi = ev.metrics([f1], a)["solo pass@1"][1:]
+    assert hi - lo > 0.4  # unpaired, each senior's own interval is wide
+
+# ------------------------------------------------------------------------------------------------------------------
+# legibility and drift
+
+def test_cross_entropy_and_kl_hand_values(tok):
+    V, a, b = len(tok), 7, 9
+    wide = torch.full((V + 24,), 50.0)        # ids past the tokenizer get huge logits: they must be cut
+    w_s, w_j = wide.clone(), wide.clone()
+    w_s[:V], w_j[:V] = 0.0, 0.0
+    w_s[a] = math.log(3)                       # senior p: 3/(V+2) on a, 1/(V+2) elsewhere; junior q: uniform 1/V
+    s, j = FixedLogits(w_s), FixedLogits(w_j)
+    s.parameters = j.parameters = lambda: iter([torch.zeros(1)])
+    pairs = [([1, 2, 3], [a, b, b]), ([4, 5], [b])]
+    out = ev.teacher_forced(s, j, pairs, V, tok.pad_token_id, batch=2)
+    kl = 3 / (V + 2) * math.log(3 * V / (V + 2)) + (V - 1) / (V + 2) * math.log(V / (V + 2))
+    ce_s = [(math.log((V + 2) / 3) + 2 * math.log(V + 2)) / 3, math.log(V + 2)]   # averaged per response
+    for (leg, self_ce, drift), ce in zip(out, ce_s):
+        assert leg == pytest.approx(math.log(V), rel=1e-5)
+        assert self_ce == pytest.approx(ce, rel=1e-5)
+        assert drift == pytest.approx(kl, rel=1e-4)
+
+def test_teacher_forced_matches_unpadded_forward(tok):
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    torch.manual_seed(0)
+    g = tg.tandem_generate(s, None, prompts(tok, 3), eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id,
+                           n_vocab=len(tok), schedule="solo", max_new_tokens=12, temperature=1.0)
+    pairs = [(p, g["tokens"][i][g["mask"][i]].tolist()) for i, p in enumerate(prompts(tok, 3))]
+    out = ev.teacher_forced(s, j, pairs, len(tok), tok.pad_token_id, batch=3)
+    for (p, r), (leg, self_ce, drift) in zip(pairs, out):  # reference: each row alone, full forward, then cut
+        seq = torch.tensor([p + r])
+        logp = s(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
+        logq = j(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
+        y = torch.tensor(r)[:, None]
+        assert leg == pytest.approx(-logq.gather(1, y).mean().item(), rel=1e-5)
+        assert self_ce == pytest.approx(-logp.gather(1, y).mean().item(), rel=1e-5)
+        ref = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).mean().item()
+        assert drift == pytest.approx(ref, rel=1e-4) and drift > 0
+
+# ------------------------------------------------------------------------------------------------------------------
+# schedules and budgets
+
+def test_handoff_budget():
+    assert ev.handoff_budget(100, 3000) == 3000
+    assert ev.handoff_budget(1500, 3000) == 4096 - 1500 - 8
+    assert ev.handoff_budget(5000, 3000) == 0
+
+def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
+    blank = tok.get_vocab()["ĊĊ"]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = Boost(s.lm_head, [blank], 4.0), Boost(j.lm_head, [blank], 4.0)
+    se = tg.step_end_mask(tok)
+    budgets = [6, 40, 40, 13]
+    torch.manual_seed(0)
+    g = ev.generate(s, j, tok, prompts(tok, 4), budgets, "step", eval_args(max_turns=150), None, se)
+    swaps = 0
+    for i, budget in enumerate(budgets):
+        n = int(g["mask"][i].sum())
+        toks, by_senior = g["tokens"][i].tolist(), g["senior"][i].tolist()
+        assert n <= budget and by_senior[0]                   # the senior writes the first step
+        for t in range(1, n):                                 # the author changes exactly after each blank line
+            assert by_senior[t] == (by_senior[t - 1] ^ bool(se[toks[t - 1]]))
+            swaps += bool(se[toks[t - 1]])
+        ended = toks[n - 1] in tg.eos_ids(tok)
+        assert bool(g["truncated"][i]) == (not ended)         # stopped at the budget without EOS: truncated
+        if not ended:
+            assert n == budget
+        assert all(t == tok.pad_token_id for t in toks[n:]) and not any(by_senior[n:])
+    assert swaps >= 4
+    # at most max_turns turns: a row ends at the blank line that closes its third turn, truncated
+    torch.manual_seed(0)
+    g = ev.generate(s, j, tok, prompts(tok, 4), [40] * 4, "step", eval_args(max_turns=3), None, se)
+    ended_by_turns = 0
+    for i in range(4):
+        n, toks = int(g["mask"][i].sum()), g["tokens"][i].tolist()
+        ends = [t for t in range(n) if se[toks[t]]]
+        assert len(ends) <= 3
+        if len(ends) == 3:
+            assert ends[-1] == n - 1 and g["truncated"][i]
+            ended_by_turns += 1
+    assert ended_by_turns > 0
+
+def test_handoff_with_p_senior_one_equals_solo(tok):
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "Add 1 and 3.", "answer": "4"}]
+    a = eval_args(p_senior=1.0)
+    ws = tg.word_start_mask(tok)
+    solo = ev.sample_responses(s, j, tok, probs, "solo", a, ws, None)
+    word = ev.sample_responses(s, j, tok, probs, "word", a, ws, None)
+    assert len(solo) == 2 and all(len(x) == 4 for x in solo)  # n samples per problem
+    for xs, ys in zip(solo, word):
+        for x, y in zip(xs, ys):
+            for key in ("text", "reward", "length", "truncated"):
+                assert x[key] == y[key]
+            assert y["senior_tokens"] == y["length"]
+    assert len({x["text"] for xs in solo for x in xs}) > 1     # sampled, not one repeated string
+
+class Script(torch.nn.Module):
+    """An output layer that writes the given ids one after another, whatever the hidden state."""
+    def __init__(self, ids, width):
+        super().__init__()
+        self.ids, self.width = iter(ids), width
+    def forward(self, h):
+        out = torch.full((h.shape[0], self.width), -1e4)
+        out[:, next(self.ids)] = 0.0
+        return out
+
+def test_truncated_response_scores_zero(tok, monkeypatch):
+    """A scripted senior writes \\boxed{46} then EOS: reward 1 when EOS fits the budget, 0 when the budget cuts it."""
+    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "12 + 34?", "answer": "46"}]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    for budget, score in ((len(right) + 1, 1.0), (len(right), 0.0)):  # solo: the budget is max_new_tokens
+        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+        x = ev.sample_responses(s, None, tok, probs[:1], "solo", eval_args(n=1, max_new_tokens=budget), None, None)
+        assert x[0][0]["text"] == "\\boxed{46}" and x[0][0]["reward"] == score and x[0][0]["truncated"] == (not score)
+    # handoff: each row's own budget 4096 - prompt - 8; shrink the window so that the longer prompt's EOS falls
+    # one token past its budget while the shorter prompt's fits (both rows run in one batch to the larger budget)
+    n_long = len(tg.prompt_ids(tok, probs[0]["problem"]))
+    assert len(tg.prompt_ids(tok, probs[1]["problem"])) < n_long
+    monkeypatch.setattr(ev, "HANDOFF_CONTEXT", n_long + 8 + len(right))
+    s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+    long, short = ev.sample_responses(s, j, tok, probs, "step", eval_args(n=1, max_new_tokens=100), None,
+                                      tg.step_end_mask(tok))
+    assert long[0]["text"] == short[0]["text"] == "\\boxed{46}"
+    assert (long[0]["reward"], long[0]["truncated"], long[0]["length"]) == (0.0, True, len(right))
+    assert (short[0]["reward"], short[0]["truncated"], short[0]["length"]) == (1.0, False, len(right) + 1)
+
+# ------------------------------------------------------------------------------------------------------------------
+# the whole script
+
+def test_main_end_to_end(tmp_path, tok, capsys):
+    for seed in (0, 1):
+        tiny_model(tok, seed=seed).save_pretrained(tmp_path / f"m{seed}")
+        tok.save_pretrained(tmp_path / f"m{seed}")
+    for name, rows in (("a.jsonl", 3), ("b.jsonl", 2)):
+        (tmp_path / name).write_text("\n".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)})
+                                               for i in range(rows)))
+    argv = ["--senior", str(tmp_path / "m0"), "--senior", str(tmp_path / "m1"), "--junior", str(tmp_path / "m0"),
+            "--data", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--n", "2", "--max-new-tokens", "8",
+            "--batch", "4", "--device", "cpu", "--out", str(tmp_path / "r1.json")]
+    rep = ev.main(ev.get_args(argv))
+    out = capsys.readouterr().out
+    names = list(rep["seniors"])
+    assert len(names) == 2 and all(n in out for n in names) and "macro" in out and f"{names[1]} - {names[0]}" in out
+    saved = json.loads((tmp_path / "r1.json").read_text())
+    assert saved["settings"]["n"] == 2 and saved["files"] == ["a.jsonl", "b.jsonl"]
+    same, other = saved["seniors"][names[0]], saved["seniors"][names[1]]
+    assert same["macro"]["drift"] == 0.0                                       # the junior itself: no drift
+    assert same["macro"]["legibility"] == pytest.approx(same["macro"]["self_ce"], abs=1e-6)
+    assert other["macro"]["drift"] > 0
+    # self-paired, the step schedule draws every token from the same distribution with the same random numbers as solo
+    for f in ("a.jsonl", "b.jsonl"):
+        for p in same["files"][f]["problems"]:
+            assert [x["text"] for x in p["step"]["samples"]] == [x["text"] for x in p["solo"]["samples"]]
+    for f, n_problems in (("a.jsonl", 3), ("b.jsonl", 2)):
+        probs = same["files"][f]["problems"]
+        assert len(probs) == n_problems and all(len(p[s]["samples"]) == 2 for p in probs for s in ev.SCHEDULES)
+        assert all(isinstance(x["text"], str) for p in probs for x in p["step"]["samples"])
+    for key in ("solo pass@1", "step pass@2", "word pass@1"):
+        per_file = [same["files"][f]["metrics"][key][0] for f in ("a.jsonl", "b.jsonl")]
+        assert same["macro"][key][0] == pytest.approx(sum(per_file) / 2)
+    # repeatable: the same seed gives the same run
+    ev.main(ev.get_args(argv[:-1] + [str(tmp_path / "r2.json")]))
+    again = json.loads((tmp_path / "r2.json").read_text())
+    assert again["seniors"] == saved["seniors"] and again["paired"] == saved["paired"]
+
+def test_demo_arguments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = ev.get_args(["--demo"])
+    assert a.senior == [str(tg.DEMO_DIR / "model")] == [a.junior] and a.data == [str(tg.DEMO_DIR / "test.jsonl")]
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "latest").write_text("step_000040")  # written by python tandem_grpo.py --demo
+    assert ev.get_args(["--demo"]).senior == [a.junior, "runs/demo/step_000040"]
+    b = ev.get_args(["--demo", "--senior", "x", "--n", "2"])       # flags still win
+    assert b.senior == ["x"] and b.n == 2 and b.max_new_tokens == 96
+
+def test_senior_with_another_tokenizer_is_refused(tmp_path, tok):
+    tiny_model(tok).save_pretrained(tmp_path / "j")
+    tok.save_pretrained(tmp_path / "j")
+    tiny_model(tok).save_pretrained(tmp_path / "s")
+    other = tok.__class__.from_pretrained(tmp_path / "j")
+    other.add_tokens(["<extra>"])                                  # one more id: the vocabularies differ
+    other.save_pretrained(tmp_path / "s")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
+    with pytest.raises(SystemExit, match="tokenizer differs"):
+        ev.main(ev.get_args(["--senior", str(tmp_path / "s"), "--junior", str(tmp_path / "j"), "--data",
+                             str(tmp_path / "d.jsonl"), "--device", "cpu", "--out", str(tmp_path / "r.json")]))
 
 # ------------------------------------------------------------------------------------------------------------------
 # reward: the answer checker (a table of hand-written cases, injections, pathological inputs)
