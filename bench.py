@@ -97,7 +97,6 @@ def cpu_bench(a):
              (f"tandem_decode, mixed lengths {sorted(set(lengths))}", t_mixed)]
 
     # one full training step (rollouts + old log-probs + 2 updates) on 2 prompts x 8 rollouts
-    problems = [{"problem": "", "answer": "1"}] * 2
     def step(schedule):
         s = copy.deepcopy(senior).requires_grad_(True)
         opt = torch.optim.AdamW(s.parameters(), lr=1e-6)

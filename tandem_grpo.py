@@ -12,7 +12,7 @@ Run it:
     python tandem_grpo.py --demo                        # tiny bundled model, 2 CPU cores, a few minutes
     python tandem_grpo.py --data hf://datasets/agentica-org/DeepScaleR-Preview-Dataset/deepscaler.json \\
         --out runs/trl                                  # the paper's setting: Qwen3-4B-Instruct-2507, one GPU
-    python tandem_grpo.py --memory-report               # GPU memory budget of a setting, no weights loaded
+    python tandem_grpo.py --memory-report --model configs/qwen3-4b   # GPU memory budget, from the config alone
 
 What it simplifies, and why:
   - Rollouts come from a plain PyTorch decode loop over Hugging Face models (one KV cache per model), not from a
@@ -20,7 +20,8 @@ What it simplifies, and why:
   - One process, one device. The senior keeps float32 master weights (bf16 cannot absorb updates of 1e-6) and
     runs its matmuls in bf16 autocast on CUDA; the junior is bf16. No FSDP, no sequence packing.
   - Validation is not run inside the loop: checkpoints are saved every --save-every steps; eval.py measures them.
-All numbers follow the paper and the authors' code (verl's GRPO); see ../shared/SPEC.md.
+  - The answer checker behind reward() is long (a safe LaTeX -> sympy parser): it sits in an appendix at the end.
+All numbers follow the paper and the authors' code (verl's GRPO); README.md lists them with the measured figures.
 """
 import argparse, json, math, os, random, re, shutil, sys, time
 from contextlib import nullcontext
@@ -30,7 +31,6 @@ from pathlib import Path
 import mpmath  # ships with sympy (its numeric backend): the answer checker's bounded evaluator
 import sympy as sp
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache

@@ -1,7 +1,6 @@
 """Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
 memory, hand-computed numbers. Run: python -m pytest -q test_tandem.py"""
-import json, math, subprocess, sys, threading, time
-from pathlib import Path
+import json, math, threading, time
 from types import SimpleNamespace
 
 import pytest
@@ -275,7 +274,6 @@ def test_token_mean_over_micro_batches_equals_full_batch(tok, senior, junior):
     grads = []
     for mb in (8, 3, 1):
         m = tiny_model(tok, seed=0).float()
-        old = tiny_model(tok, seed=0)
         opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the step leaves weights, we read the gradient
         a = args_for(tok, group_size=4, prompts_per_step=2, mini_batch_prompts=2, micro_batch=mb, grad_clip=1e9)
         captured = {}
