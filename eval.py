@@ -130,7 +130,7 @@ def sample_responses(senior, junior, tok, problems, schedule, args, ws, se, desc
     """args.n responses per problem (each prompt repeated n times in the batch) -> one list of n samples per problem:
     text, reward (0 if truncated), truncated, length and senior_tokens; solo samples keep prompt and response ids."""
     torch.manual_seed(args.seed)  # the same stream for every senior: paired comparisons get common random numbers
-    jobs = [(i, prompt_ids(tok, p["problem"])) for i, p in enumerate(problems) for _ in range(args.n)]
+    jobs = [(i, ids) for i, p in enumerate(problems) for ids in [prompt_ids(tok, p["problem"])] for _ in range(args.n)]
     out = [[] for _ in problems]
     for s in tqdm(range(0, len(jobs), args.batch), desc=desc, leave=False):
         chunk = jobs[s:s + args.batch]

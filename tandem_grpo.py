@@ -329,7 +329,7 @@ def pack(rollouts, pad_id, device):
 def rollout(senior, junior, tok, problems, args, ws, se):
     """G co-written rollouts for each problem, generated --gen-batch at a time, with their rewards."""
     dev, out = next(senior.parameters()).device, []
-    jobs = [(p, prompt_ids(tok, p["problem"])) for p in problems for _ in range(args.group_size)]
+    jobs = [(p, ids) for p in problems for ids in [prompt_ids(tok, p["problem"])] for _ in range(args.group_size)]
     for i in range(0, len(jobs), args.gen_batch):
         chunk = jobs[i:i + args.gen_batch]
         with autocast(dev):
@@ -510,10 +510,12 @@ def memory_report(args):
 
 def problems_for_step(n, step, k, seed):
     """The k problem indices of a step: a fresh shuffle every epoch, a pure function of (seed, step) for resume."""
-    out = []
+    out, perms = [], {}
     for j in range(step * k, (step + 1) * k):
         epoch, i = divmod(j, n)
-        out.append(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))[i].item())
+        if epoch not in perms:  # one shuffle per epoch the step touches (at most two)
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        out.append(perms[epoch][i].item())
     return out
 
 def main(args):
