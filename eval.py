@@ -115,7 +115,7 @@ def generate(senior, junior, tok, prompts, budgets, schedule, args, ws, se):
     kw = dict(solo=dict(), step=dict(step_end=se, max_turns=args.max_turns),
               word=dict(word_start=ws, p_senior=args.p_senior, max_gap=args.max_gap))[schedule]
     with autocast(next(senior.parameters()).device):
-        g = tandem_generate(senior, None if schedule == "solo" else junior, prompts, eos_ids=eos_ids(tok),
+        g = tandem_generate(senior, None if schedule == "solo" else junior, prompts, eos_ids=eos_ids(tok, senior),
                             pad_id=tok.pad_token_id, n_vocab=len(tok), schedule=schedule,
                             max_new_tokens=max(1, max(budgets)), temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, **kw)

@@ -35,6 +35,9 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+class UserError(Exception):
+    """Something the user can fix (a flag, a path, a data row): printed as one line, never a traceback."""
+
 # ------------------------------------------------------------------------------------------------------------------
 # Hyperparameters (the paper's values are the defaults)
 
@@ -333,7 +336,7 @@ def rollout(senior, junior, tok, problems, args, ws, se):
     for i in range(0, len(jobs), args.gen_batch):
         chunk = jobs[i:i + args.gen_batch]
         with autocast(dev):
-            g = tandem_generate(senior, junior, [ids for _, ids in chunk], eos_ids=eos_ids(tok),
+            g = tandem_generate(senior, junior, [ids for _, ids in chunk], eos_ids=eos_ids(tok, senior),
                                 pad_id=tok.pad_token_id, n_vocab=len(tok), word_start=ws, step_end=se,
                                 schedule=args.schedule, p_senior=args.p_senior, max_gap=args.max_gap,
                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature)
@@ -441,12 +444,11 @@ def load_checkpoint(out):
 # ------------------------------------------------------------------------------------------------------------------
 # Helpers shared with eval.py
 
-def eos_ids(tok):
-    """End-of-sequence ids: the tokenizer's eos plus the chat end-of-turn token, when they differ."""
-    ids = {tok.eos_token_id}
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tok.unk_token_id:
-        ids.add(im_end)
+def eos_ids(tok, model=None):
+    """Stop ids: the tokenizer's eos plus every id of the model's generation_config.eos_token_id
+    (Qwen3: <|im_end|> and <|endoftext|>)."""
+    cfg = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tok.eos_token_id} | set(cfg if isinstance(cfg, (list, tuple)) else [cfg])
     return ids - {None}
 
 def load_model(path, device, dtype, trainable):
@@ -461,7 +463,7 @@ def solo_accuracy(model, tok, problems, batch=100, max_new_tokens=3000, temperat
     for i in range(0, len(problems), batch):
         chunk = problems[i:i + batch]
         with autocast(dev):
-            g = tandem_generate(model, None, [prompt_ids(tok, p["problem"]) for p in chunk], eos_ids=eos_ids(tok),
+            g = tandem_generate(model, None, [prompt_ids(tok, p["problem"]) for p in chunk], eos_ids=eos_ids(tok, model),
                                 pad_id=tok.pad_token_id, n_vocab=len(tok), schedule="solo",
                                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
         for j, p in enumerate(chunk):
