@@ -90,7 +90,8 @@ def get_args(argv=None):
 # ------------------------------------------------------------------------------------------------------------------
 # Data: {"problem", "answer"} rows, validated before any model loads
 
-PROMPT_SUFFIX = "Solve the following math problem step by step. Put your final answer inside \\boxed{}."
+PROMPT_SUFFIX = ("Solve the following math problem step by step. Put your final answer inside \\boxed{}, "
+                 "like \\boxed{42} or \\boxed{\\frac{1}{2}}.")  # the authors' words, training and eval alike
 PROBLEM_KEYS, ANSWER_KEYS = ("problem", "question"), ("answer", "final_answer", "solution")
 
 def fetch(path):
@@ -133,8 +134,9 @@ def load_problems(path):
     return problems
 
 def prompt_ids(tokenizer, problem):
-    """One user message through the chat template, no <think> block -> token ids."""
-    msg = [{"role": "user", "content": f"{problem}\n\n{PROMPT_SUFFIX}"}]
+    """One user message (the problem, one space, the authors' suffix) through the chat template, no <think> block
+    -> token ids."""
+    msg = [{"role": "user", "content": f"{problem} {PROMPT_SUFFIX}"}]
     text = tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True, enable_thinking=False)
     return tokenizer(text, add_special_tokens=False).input_ids
 
