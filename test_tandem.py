@@ -202,20 +202,72 @@ def test_eos_ends_rows_and_masks(tok, senior):
             assert ends == [n - 1]  # mask runs up to and including the first EOS
         assert all(t == tok.pad_token_id for t in toks[n:])
 
-def test_step_schedule_alternates_at_blank_lines(tok, senior, junior):
-    se = tg.step_end_mask(tok)
-    assert se[tok.get_vocab()["ĊĊ"]] and not se[tok.get_vocab()["Ġthe"]]
-    torch.manual_seed(6)
-    g = gen(tok, senior, junior, schedule="step", step_end=se, prompts=prompts(tok, 8), max_new_tokens=60)
-    for b in range(8):
+def blank_line_ends(tok, ids):
+    """Reference rule, on the text: the positions where the current turn's text first holds a blank line."""
+    ends, turn = [], ""
+    for t, i in enumerate(ids):
+        turn += tok.decode([i])
+        if "\n\n" in turn:
+            ends.append(t)
+            turn = ""
+    return ends
+
+def check_step_turns(tok, g, rows):
+    """Every row: the senior writes the first turn, and the author changes exactly after each blank line."""
+    swaps = 0
+    for b in range(rows):
         n = int(g["mask"][b].sum())
-        assert g["senior"][b, 0]  # the senior writes the first step
+        toks, by_senior = g["tokens"][b, :n].tolist(), g["senior"][b, :n].tolist()
+        ends = set(blank_line_ends(tok, toks))
+        assert by_senior[0]
         for t in range(1, n):
-            swap = bool(se[g["tokens"][b, t - 1]])
-            assert bool(g["senior"][b, t]) == (bool(g["senior"][b, t - 1]) ^ swap)
+            assert by_senior[t] == (by_senior[t - 1] ^ (t - 1 in ends))
+        swaps += len(ends)
+    return swaps
+
+def test_step_schedule_alternates_at_blank_lines(tok, senior, junior):
+    se = tg.step_end_mask(tok)  # [V, 3]: holds '\n\n', starts with '\n', ends with '\n'
+    v = tok.get_vocab()
+    assert se[v["ĊĊ"]].tolist() == [True, True, True] and se[v["Ġthe"]].tolist() == [False, False, False]
+    blank = v["ĊĊ"]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = Boost(s.lm_head, [blank, v["Ċ"]], 3.0), Boost(j.lm_head, [blank, v["Ċ"]], 3.0)
+    torch.manual_seed(6)
+    g = gen(tok, s, j, schedule="step", step_end=se, prompts=prompts(tok, 8), max_new_tokens=60)
+    assert check_step_turns(tok, g, 8) >= 8
+
+@pytest.fixture(scope="module")
+def split_tok():
+    """Like `tok`, but every newline is its own pre-token: a blank line is always two 'Ċ' tokens (as in SmolLM2)."""
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[\r\n]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|[^\S\r\n]+"),
+                             behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tk = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tk.chat_template = CHATML
+    return tk
+
+def test_step_schedule_hands_off_when_a_blank_line_is_two_tokens(split_tok):
+    tok = split_tok
+    se = tg.step_end_mask(tok)
+    assert not se[:, 0].any()  # no single token holds a blank line
+    nl = tok.get_vocab()["Ċ"]
+    assert tok("a\n\nb", add_special_tokens=False).input_ids.count(nl) == 2
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = Boost(s.lm_head, [nl], 6.0), Boost(j.lm_head, [nl], 6.0)
+    torch.manual_seed(3)
+    g = gen(tok, s, j, schedule="step", step_end=se, prompts=prompts(tok, 8), max_new_tokens=40)
+    assert check_step_turns(tok, g, 8) >= 8  # the junior does get turns
+    # "\n" + "\n" ends a turn; a third "\n" opens the next turn, it does not end it
+    assert blank_line_ends(tok, [nl, nl, nl, nl, nl]) == [1, 3]
 
 def test_step_schedule_max_turns(tok, senior, junior):
-    se = torch.ones(len(tok), dtype=torch.bool)  # every token ends a step: turns are single tokens
+    se = torch.ones(len(tok), 3, dtype=torch.bool)  # every token holds a blank line: turns are single tokens
     g = gen(tok, senior, junior, schedule="step", step_end=se, max_turns=3, max_new_tokens=40)
     assert (g["mask"].sum(1) <= 3).all() and g["truncated"][g["mask"].sum(1) == 3].all()
     assert g["senior"][:, 0].all() and not g["senior"][:, 1].any()
@@ -261,7 +313,6 @@ def rollouts_for(tok, g, ps, rewards):
 
 def args_for(tok, **kw):
     a = tg.get_args(["--data", "x"])
-    a.n_vocab, a.pad_id = len(tok), tok.pad_token_id
     for k, v in kw.items():
         setattr(a, k, v)
     return a
@@ -278,7 +329,7 @@ def test_token_mean_over_micro_batches_equals_full_batch(tok, senior, junior):
         a = args_for(tok, group_size=4, prompts_per_step=2, mini_batch_prompts=2, micro_batch=mb, grad_clip=1e9)
         captured = {}
         opt.step = lambda: captured.update(g=[p.grad.clone() for p in m.parameters()])
-        tg.train_step(m, junior, opt, ro, a)
+        tg.train_step(m, junior, tok, opt, ro, a)
         grads.append(captured["g"])
     assert sum(g.abs().sum() for g in grads[0]) > 0  # a real gradient, not zeros on both sides
     for other in grads[1:]:
@@ -331,7 +382,7 @@ def test_step_changes_senior_not_junior(tok, junior):
     g = gen(tok, m, junior, prompts=ps)
     ro = rollouts_for(tok, g, ps, [1.0, 0, 0, 0])
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    tg.train_step(m, junior, opt, ro, args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1,
+    tg.train_step(m, junior, tok, opt, ro, args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1,
                                                micro_batch=2, kl_coef=0.001))
     assert all(torch.equal(a, b) for a, b in zip(before_j, junior.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_s, m.parameters()))
@@ -369,7 +420,7 @@ def run_main(tmp_path, out, *extra):
     args = tg.get_args(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "d.jsonl"), "--out", str(out),
                         "--prompts-per-step", "2", "--mini-batch-prompts", "1", "--group-size", "4",
                         "--micro-batch", "3", "--gen-batch", "8", "--max-new-tokens", "12", "--lr", "1e-3",
-                        "--temperature", "1.0", "--device", "cpu", *extra])
+                        "--temperature", "1.0", "--device", "cpu", "--val-size", "0", *extra])
     tg.main(args)
     return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -526,27 +577,23 @@ def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
     budgets = [6, 40, 40, 13]
     torch.manual_seed(0)
     g = ev.generate(s, j, tok, prompts(tok, 4), budgets, "step", eval_args(max_turns=150), None, se)
-    swaps = 0
+    assert check_step_turns(tok, g, 4) >= 4
     for i, budget in enumerate(budgets):
         n = int(g["mask"][i].sum())
         toks, by_senior = g["tokens"][i].tolist(), g["senior"][i].tolist()
-        assert n <= budget and by_senior[0]                   # the senior writes the first step
-        for t in range(1, n):                                 # the author changes exactly after each blank line
-            assert by_senior[t] == (by_senior[t - 1] ^ bool(se[toks[t - 1]]))
-            swaps += bool(se[toks[t - 1]])
+        assert n <= budget
         ended = toks[n - 1] in tg.eos_ids(tok)
         assert bool(g["truncated"][i]) == (not ended)         # stopped at the budget without EOS: truncated
         if not ended:
             assert n == budget
         assert all(t == tok.pad_token_id for t in toks[n:]) and not any(by_senior[n:])
-    assert swaps >= 4
     # at most max_turns turns: a row ends at the blank line that closes its third turn, truncated
     torch.manual_seed(0)
     g = ev.generate(s, j, tok, prompts(tok, 4), [40] * 4, "step", eval_args(max_turns=3), None, se)
     ended_by_turns = 0
     for i in range(4):
         n, toks = int(g["mask"][i].sum()), g["tokens"][i].tolist()
-        ends = [t for t in range(n) if se[toks[t]]]
+        ends = blank_line_ends(tok, toks[:n])
         assert len(ends) <= 3
         if len(ends) == 3:
             assert ends[-1] == n - 1 and g["truncated"][i]
