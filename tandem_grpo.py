@@ -82,6 +82,8 @@ def get_args(argv=None):
     a("--max-new-tokens", type=int, default=3000, help="response budget: a response cut there has no EOS")
     a("--truncated-reward", default="grade", choices=["grade", "zero"],
       help="grade: a cut response is graded like any other (verl); zero: it scores 0 (acts as an overlong penalty)")
+    a("--length-penalty", type=float, default=0.0,
+      help="reward x (1 - this x response tokens / --max-new-tokens): a length cost like DAPO's (0: off, the paper)")
     a("--steps", type=int, default=200, help="training steps")
     a("--save-every", type=int, default=20, help="checkpoint every N steps (0: only at the end)")
     a("--val-size", type=int, default=1000, help="problems held out of training (a fixed seeded draw) to validate on")
@@ -109,6 +111,7 @@ def get_args(argv=None):
             ("clip-c", args.clip_c == 0 or args.clip_c > 1, "0 (off) or > 1"),
             ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"), ("max-gap", args.max_gap >= 1, ">= 1"),
             ("kl-coef", args.kl_coef >= 0, ">= 0"), ("junior-token-weight", args.junior_token_weight >= 0, ">= 0"),
+            ("length-penalty", 0 <= args.length_penalty <= 1, "in [0, 1]"),
             *[(n.replace("_", "-"), getattr(args, n) >= 1, ">= 1") for n in (
                 "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
                 "max_prompt_tokens")],
@@ -413,6 +416,7 @@ def rollout(senior, junior, tok, problems, args, word_start, step_end):
             truncated = bool(gen["truncated"][j])
             graded = not (truncated and args.truncated_reward == "zero")
             r = reward(tok.decode(resp, skip_special_tokens=True), p["answer"]) if graded else 0.0
+            r *= 1 - args.length_penalty * n / args.max_new_tokens  # the team's length: every token, both authors
             out.append(dict(prompt=ids, response=resp, senior=by_senior, reward=r, truncated=truncated))
     return out
 
