@@ -1087,3 +1087,65 @@ def test_no_exception_escapes():
     for bad in [None, 5, b"\\boxed{5}", object()]:
         assert tg.reward(bad, "5") == 0.0
         assert tg.reward(r"\boxed{5}", bad) == 0.0
+
+# ------------------------------------------------------------------------------------------------------------------
+# the lab (lab/run.py): both arms end to end at a toy size, and the --length-penalty flag it uses
+
+def test_length_penalty_scales_the_reward(tok, monkeypatch):
+    """A scripted senior writes \\boxed{46} then EOS (n tokens): reward 1 x (1 - lambda x n / max_new_tokens)."""
+    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
+    n = len(right) + 1                                   # with EOS
+    assert n == 7                                        # so 1 - 0.5 x 7 / 40 = 0.9125 and 1 - 7 / 40 = 0.825
+    s = tiny_model(tok, seed=0)
+    for lam, want in ((0.0, 1.0), (0.5, 0.9125), (1.0, 0.825)):
+        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+        args = SimpleNamespace(group_size=2, gen_batch=2, schedule="solo", p_senior=1.0, max_gap=32, max_new_tokens=40,
+                               temperature=1.0, truncated_reward="grade", length_penalty=lam)
+        out = tg.rollout(s, None, tok, [{"problem": "What is 12 + 34?", "answer": "46"}], args, None, None)
+        assert [len(r["response"]) for r in out] == [n, n] and [r["reward"] for r in out] == [pytest.approx(want)] * 2
+    with pytest.raises(SystemExit):
+        tg.get_args(["--length-penalty", "1.5"])
+
+def test_lab_runs_end_to_end(tmp_path, tok):
+    """lab/run.py at a toy size (2 seeds x 2 steps, 3 held-out problems, in one process): both arms trained from the
+    same base with flags that differ only in --schedule, base/grpo/trl evaluated, the JSON and the summary line."""
+    import importlib.util, re
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("lab_run", Path(__file__).parent / "lab" / "run.py")
+    lab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lab)
+    tiny_model(tok, seed=0).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    for name, rows in (("train.jsonl", 6), ("test.jsonl", 3)):
+        (tmp_path / name).write_text("\n".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)})
+                                               for i in range(rows)))
+    argv = ["--model", str(tmp_path / "m"), "--junior", str(tmp_path / "m"), "--data", str(tmp_path / "train.jsonl"),
+            "--test", str(tmp_path / "test.jsonl"), "--seeds", "2", "--steps", "2", "--prompts-per-step", "2",
+            "--group-size", "2", "--limit", "3", "--n", "2", "--max-new-tokens", "10", "--jobs", "0",
+            "--out", str(tmp_path / "lab")]
+    res = lab.main(lab.get_args(argv))
+    saved = json.loads((tmp_path / "lab" / "lab.json").read_text())
+    g, t = saved["arms"]["grpo"], saved["arms"]["trl"]                # the two arms' trainer flags
+    assert len(g) == len(t) and [(a, b) for a, b in zip(g, t) if a != b] == [("solo", "word")]
+    for seed in ("0", "1"):
+        per = saved["per_seed"][seed]
+        assert [len(per["train"][arm]) for arm in ("grpo", "trl")] == [2, 2]
+        assert per["train"]["grpo"][0]["senior_share"] == 1.0 > per["train"]["trl"][0]["senior_share"]
+        assert set(per["eval"]["macro"]) == {per["seniors"]["grpo"], per["seniors"]["trl"]}
+    for model in ("base", "grpo", "trl"):
+        m = saved["summary"][model]
+        assert m["solo@1"][1] <= m["solo@1"][0] <= m["solo@1"][2] and len(m["drift seeds"]) == (2 if model != "base" else 1)
+    assert saved["summary"]["base"]["drift"] == 0.0                   # the base is its own junior
+    d = saved["summary"]["trl - grpo"]["step@2"]
+    assert d[0] == pytest.approx(saved["summary"]["trl"]["step@2"][0] - saved["summary"]["grpo"]["step@2"][0])
+    num, ci = r"([\d.]+)", r"\(d ([+-][\d.]+) \[([+-][\d.]+),([+-][\d.]+)\]\)"
+    m = re.fullmatch(rf"lab: solo@1 grpo {num} trl {num} {ci}; step@2 grpo {num} trl {num} {ci}; drift grpo {num} "
+                     rf"trl {num}; legib grpo {num} trl {num} \(seeds 2, \d+ s\)", saved["summary_line"])
+    assert m and float(m.group(3)) == pytest.approx(float(m.group(2)) - float(m.group(1)), abs=0.11)
+    assert res["summary_line"] == saved["summary_line"]
+    # the pieces, on hand values: the compact share counts column steps without ", carry N"
+    assert lab.compact_share(["Ones: 7+6+0=13, carry 1\n\nTens: 5+8+1=14\n\nThe answer is 4.", "Ones: 1+2+0=3"]) == 2 / 3
+    # the two-level bootstrap: identical seeds of constant problems give a zero-width interval at the mean
+    assert lab.seed_bootstrap([torch.full((5,), 0.5, dtype=torch.float64)] * 2) == [0.5, 0.5, 0.5]
+    with pytest.raises(SystemExit):                                   # a used --out is refused
+        lab.get_args(argv)
