@@ -459,17 +459,16 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
                 clipped = (ratio < 1 - args.clip_low) | (ratio > 1 + args.clip_high)
                 stats["clip_frac"] += (clipped * weight[weight > 0]).sum().item() / n_tokens
         norm = torch.nn.utils.clip_grad_norm_(senior.parameters(), args.grad_clip)
-        if torch.isfinite(norm):  # a NaN/inf gradient never reaches the weights
+        finite = bool(torch.isfinite(norm))
+        if finite:  # a NaN/inf gradient never reaches the weights: the update is skipped (verl's rule)
             opt.step()
             stats["grad_norm"] += norm.item()
-            skipped_in_a_row = 0
-        else:
-            stats["skipped"] += 1
-            skipped_in_a_row += 1
-            if skipped_in_a_row >= 3:
-                raise UserError("3 updates in a row had a non-finite gradient norm; stopping (the weights are "
-                                "untouched since the last good update): lower --lr or check the data")
         opt.zero_grad(set_to_none=True)
+        stats["skipped"] += not finite
+        skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
+        if skipped_in_a_row >= 3:
+            raise UserError("3 updates in a row had a non-finite gradient norm; stopping (the weights are "
+                            "untouched since the last good update): lower --lr or check the data")
     senior.eval()
     n_updates = math.ceil(len(idx) / mb)
     return dict(loss=stats["loss"] / n_updates, clip_frac=stats["clip_frac"] / n_updates,
@@ -575,11 +574,16 @@ def eos_ids(tok, model=None):
     ids = {tok.eos_token_id} | set(cfg if isinstance(cfg, (list, tuple)) else [cfg])
     return ids - {None}
 
+def not_found(path, e):
+    """A model path that failed to load -> one line: which path, and why when it is a local folder."""
+    why = f" ({str(e).splitlines()[0]})" if Path(path).exists() else ""
+    return UserError(f"{path}: neither a local model folder nor a reachable hub id{why}")
+
 def load_model(path, device, dtype, trainable):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    except OSError as e:  # neither a local model folder nor a hub id we can reach
-        raise UserError(f"{path}: neither a local model folder nor a reachable hub id ({str(e).splitlines()[0]})")
+    except OSError as e:
+        raise not_found(path, e) from None
     model.requires_grad_(trainable)
     return model.eval()
 
@@ -587,7 +591,7 @@ def load_tokenizer(path):
     try:
         return AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise UserError(f"{path}: no tokenizer there, and not a reachable hub id ({str(e).splitlines()[0]})")
+        raise not_found(path, e) from None
 
 @torch.no_grad()
 def solo_accuracy(model, tok, problems, batch=100, max_new_tokens=3000, temperature=0.7, top_p=0.8, top_k=20,
@@ -744,8 +748,7 @@ def memory_report(args):
     try:
         c = AutoConfig.from_pretrained(args.model)
     except OSError as e:
-        raise UserError(f"--model {args.model}: no config.json there, and not a reachable hub id "
-                        f"({str(e).splitlines()[0]}); the configs/ folder has Qwen3's")
+        raise not_found(args.model, e) from None
     H, I, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
     hd = getattr(c, "head_dim", None) or H // c.num_attention_heads
     q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
