@@ -51,9 +51,6 @@ DEMO = dict(model=str(DEMO_DIR / "model"), data=str(DEMO_DIR / "train.jsonl"), o
             max_new_tokens=96, save_every=0, temperature=1.0, val_size=100, val_every=10, log_every=5,
             show_every=40, threads=1)
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the docstring's layout and shows every default."""
-
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
@@ -504,22 +501,7 @@ def show_rollout(tok, problem, r, color):
             f"{problem['answer']}); the junior wrote the {'cyan' if color else '[[bracketed]]'} text")
 
 # ------------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary folder, fsynced, then renamed into place (atomic); `latest` names the newest
-
-def fsync(path):
-    """Flush a file (or a folder's entry list) to the disk, so a rename after it cannot expose a torn file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-def write_atomic(path, text):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    fsync(tmp)
-    os.replace(tmp, path)
-    fsync(path.parent)
+# Checkpoints: written to a temporary folder, fsynced, renamed into place (atomic); `latest` names the newest
 
 def save_checkpoint(out, step, senior, tok, opt):
     if not all(torch.isfinite(p).all() for p in senior.parameters()):
@@ -540,29 +522,20 @@ def save_checkpoint(out, step, senior, tok, opt):
         if old.parent != final:
             old.unlink()
 
-def load_checkpoint(out):
-    """-> (folder of the newest checkpoint, its trainer state), or (None, None)."""
+def load_checkpoint(out, senior, opt):
+    """Restore the newest checkpoint in `out` (weights, AdamW state, RNG states) -> its step; 0 when there is none."""
     if not (out / "latest").exists():
-        return None, None
+        return 0
     folder = out / (out / "latest").read_text().strip()
-    return folder, torch.load(folder / "trainer.pt", weights_only=False)
-
-def metrics_upto(path, step):
-    """The lines of metrics.jsonl logged up to `step` (a resumed run redoes the later ones). A torn last line
-    (power loss, full disk) is dropped with a note; a broken line elsewhere is an error."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = []
-    for i, line in enumerate(lines):
-        try:
-            m = json.loads(line)
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise UserError(f"{path}:{i + 1}: not valid JSON") from None
-            print(f"{path}: dropped a torn last line ({len(line)} characters)")
-            continue
-        if m["step"] <= step:
-            kept.append(line + "\n")
-    return "".join(kept)
+    state = torch.load(folder / "trainer.pt", weights_only=False)
+    senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    print(f"resumed from {folder} (step {state['step']})")
+    return state["step"]
 
 # ------------------------------------------------------------------------------------------------------------------
 # Helpers shared with eval.py
@@ -573,25 +546,6 @@ def eos_ids(tok, model=None):
     cfg = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = {tok.eos_token_id} | set(cfg if isinstance(cfg, (list, tuple)) else [cfg])
     return ids - {None}
-
-def not_found(path, e):
-    """A model path that failed to load -> one line: which path, and why when it is a local folder."""
-    why = f" ({str(e).splitlines()[0]})" if Path(path).exists() else ""
-    return UserError(f"{path}: neither a local model folder nor a reachable hub id{why}")
-
-def load_model(path, device, dtype, trainable):
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    except OSError as e:
-        raise not_found(path, e) from None
-    model.requires_grad_(trainable)
-    return model.eval()
-
-def load_tokenizer(path):
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise not_found(path, e) from None
 
 @torch.no_grad()
 def solo_accuracy(model, tok, problems, batch=100, max_new_tokens=3000, temperature=0.7, top_p=0.8, top_k=20,
@@ -669,19 +623,10 @@ def main(args):
         test = load_problems(DEMO_DIR / "test.jsonl")
         before = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
-    folder, state, start = *load_checkpoint(out), 0
-    if args.resume and folder is None:
-        print(f"--resume: no checkpoint in {out} yet, starting from step 0")
-    if folder is not None:
-        senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        start = state["step"]
-        print(f"resumed from {folder} (step {start})")
+    start = load_checkpoint(out, senior, opt)
     if args.resume:  # forget what was logged after the checkpoint: those steps are redone
+        if not start:
+            print(f"--resume: no checkpoint in {out} yet, starting from step 0")
         write_atomic(out / "metrics.jsonl", metrics_upto(out / "metrics.jsonl", start))
     log, skipped_in_a_row, step = open(out / "metrics.jsonl", "a"), 0, start
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -711,13 +656,9 @@ def main(args):
                 tqdm.write(show_rollout(tok, batch[0], rollouts[0], color))
             if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
                 save_checkpoint(out, step + 1, senior, tok, opt)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: stop at once (no save), say where the run is and how to go on
         bar.close()
-        last = (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
-        argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
-        print(f"\ninterrupted during step {step + 1}; last checkpoint: {out / last if last != 'none yet' else last}\n"
-              f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
-        sys.exit(130)
+        stop_hint(out, step + 1)
     if args.demo:
         after = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
         print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
@@ -776,6 +717,71 @@ def memory_report(args):
     peak = max(sum(r[1] for r in rows), sum(r[2] for r in rows))
     print(f"  {'total':60s}{gib(sum(r[1] for r in rows))}{gib(sum(r[2] for r in rows))}   peak {peak / 2**30:.1f} GiB")
     return peak
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: plumbing (files that survive a crash, one-line errors, --help; not part of the method)
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's layout and shows every default."""
+
+def fsync(path):
+    """Flush a file (or a folder's entry list) to the disk, so a rename after it cannot expose a torn file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+def write_atomic(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    fsync(tmp)
+    os.replace(tmp, path)
+    fsync(path.parent)
+
+def metrics_upto(path, step):
+    """The lines of metrics.jsonl logged up to `step` (a resumed run redoes the later ones). A torn last line
+    (power loss, full disk) is dropped with a note; a broken line elsewhere is an error."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise UserError(f"{path}:{i + 1}: not valid JSON") from None
+            print(f"{path}: dropped a torn last line ({len(line)} characters)")
+            continue
+        if m["step"] <= step:
+            kept.append(line + "\n")
+    return "".join(kept)
+
+def not_found(path, e):
+    """A model path that failed to load -> one line: which path, and why when it is a local folder."""
+    why = f" ({str(e).splitlines()[0]})" if Path(path).exists() else ""
+    return UserError(f"{path}: neither a local model folder nor a reachable hub id{why}")
+
+def load_model(path, device, dtype, trainable):
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    except OSError as e:
+        raise not_found(path, e) from None
+    model.requires_grad_(trainable)
+    return model.eval()
+
+def load_tokenizer(path):
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise not_found(path, e) from None
+
+def stop_hint(out, step):
+    """After Ctrl-C: the step reached, the last checkpoint and the command that resumes; exit code 130."""
+    last = out / (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
+    argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
+    print(f"\ninterrupted during step {step}; last checkpoint: {last}\n"
+          f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
+    sys.exit(130)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
