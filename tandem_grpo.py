@@ -84,7 +84,7 @@ def get_args(argv=None):
     a("--val-size", type=int, default=1000, help="problems held out of training (a fixed seeded draw) to validate on")
     a("--val-every", type=int, default=20, help="the senior's solo accuracy on them every N steps (0: never)")
     a("--log-every", type=int, default=1, help="print one line of metrics every N steps (0: never)")
-    a("--show-every", type=int, default=20, help="print one co-written rollout on the first step and every N (0: never)")
+    a("--show-every", type=int, default=20, help="print one co-written rollout on the first step and every N (0: no)")
     a("--seed", type=int, default=0, help="seeds data order and sampling")
     a("--out", default="runs/trl", help="output folder: metrics.jsonl and checkpoints")
     a("--data", default=None, help="problems: .jsonl/.json file, or hf://datasets/OWNER/NAME/FILE")
@@ -104,7 +104,8 @@ def get_args(argv=None):
             ("p-senior", 0 <= args.p_senior <= 1, "in [0, 1]"),
             ("clip-low", 0 <= args.clip_low < 1, "in [0, 1)"), ("clip-high", args.clip_high >= 0, ">= 0"),
             ("clip-c", args.clip_c == 0 or args.clip_c > 1, "0 (off) or > 1"),
-            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"), ("max-gap", args.max_gap >= 1, ">= 1"),
+            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"),
+            ("max-gap", args.max_gap >= 1, ">= 1"),
             ("kl-coef", args.kl_coef >= 0, ">= 0"), ("junior-token-weight", args.junior_token_weight >= 0, ">= 0"),
             *[(n.replace("_", "-"), getattr(args, n) >= 1, ">= 1") for n in (
                 "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",

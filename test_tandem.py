@@ -541,9 +541,11 @@ def test_save_resume_gives_the_same_next_step(tmp_path, tok):
 @pytest.mark.parametrize("argv, words", [
     (["--group-size", "1"], "--group-size must be >= 2"), (["--group-size", "0"], "--group-size must be >= 2"),
     (["--temperature", "0"], "--temperature must be > 0"), (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"),
-    (["--p-senior", "-0.5"], "--p-senior must be in [0, 1]"), (["--mini-batch-prompts", "0"], "--mini-batch-prompts must be >= 1"),
+    (["--p-senior", "-0.5"], "--p-senior must be in [0, 1]"),
+    (["--mini-batch-prompts", "0"], "--mini-batch-prompts must be >= 1"),
     (["--lr", "0"], "--lr must be > 0"), (["--steps", "0"], "--steps must be >= 1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"), (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"),
     (["--prompts-per-step", "6"], "multiple of --mini-batch-prompts"), (["--out", __file__], "is a file")])
 def test_bad_flags_are_refused_before_anything_loads(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
