@@ -40,6 +40,13 @@ def gen(senior, junior, prompts, n_vocab, ws, eos, **kw):
     with tg.autocast(next(senior.parameters()).device):
         return tg.tandem_generate(senior, junior, prompts, **kw)
 
+class FakeTok:
+    """What train_step reads of a tokenizer: its length (the real ids; the output layer may be wider) and the pad id."""
+    def __init__(self, n_vocab):
+        self.n_vocab, self.pad_token_id = n_vocab, 0
+    def __len__(self):
+        return self.n_vocab
+
 def args_for(**kw):
     a = tg.get_args(["--data", "none"])
     for k, v in kw.items():
@@ -101,14 +108,14 @@ def cpu_bench(a):
         s = copy.deepcopy(senior).requires_grad_(True)
         opt = torch.optim.AdamW(s.parameters(), lr=1e-6)
         args = args_for(schedule=schedule, prompts_per_step=2, mini_batch_prompts=1, group_size=8, micro_batch=8,
-                        max_new_tokens=n, n_vocab=V, pad_id=0)
+                        max_new_tokens=n)
         def run():
             with torch.no_grad():
                 g = gen(s, junior, prompts, V, ws, eos, schedule=schedule, max_new_tokens=n)
             ro = [dict(prompt=prompts[i], response=g["tokens"][i][g["mask"][i]].tolist(),
                        senior=g["senior"][i][g["mask"][i]].tolist(), reward=float(i % 3 == 0), truncated=True)
                   for i in range(len(prompts))]
-            return tg.train_step(s, junior, opt, ro, args)
+            return tg.train_step(s, junior, FakeTok(V), opt, ro, args)
         return timed(run, a.repeats)[0]
     t_grpo, t_trl = step("solo"), step("word")
     rows += [("grpo_step (solo schedule)", t_grpo), ("trl_step (word schedule)", t_trl)]
@@ -219,11 +226,11 @@ def paper_bench(a):
     junior.to("cpu")  # parked during updates, as in tandem_grpo.main (no KL term)
     opt = torch.optim.AdamW(senior.parameters(), lr=1e-6, weight_decay=0.01, fused=cuda)
     args = args_for(prompts_per_step=8, mini_batch_prompts=8, group_size=8, micro_batch=a.micro_batch,
-                    n_vocab=V, pad_id=0, temperature=0.6, device=a.device)
-    m = tg.train_step(senior, None, opt, ro, args)  # the first update creates AdamW's moments
+                    temperature=0.6, device=a.device)
+    m = tg.train_step(senior, None, FakeTok(V), opt, ro, args)  # the first update creates AdamW's moments
     reset()
     sync(); t = time.time()
-    m = tg.train_step(senior, None, opt, ro, args)  # steady state: moments, grads and activations together
+    m = tg.train_step(senior, None, FakeTok(V), opt, ro, args)  # steady state: moments, grads and activations together
     sync(); out["update_s"] = time.time() - t
     out["update_peak_gib"] = peak()
     out["update_tok_s"] = 64 * S / out["update_s"]

@@ -51,9 +51,6 @@ DEMO = dict(model=str(DEMO_DIR / "model"), data=str(DEMO_DIR / "train.jsonl"), o
             max_new_tokens=96, save_every=0, temperature=1.0, val_size=100, val_every=10, log_every=5,
             show_every=40, threads=1)
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the docstring's layout and shows every default."""
-
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
@@ -89,7 +86,7 @@ def get_args(argv=None):
     a("--val-size", type=int, default=1000, help="problems held out of training (a fixed seeded draw) to validate on")
     a("--val-every", type=int, default=20, help="the senior's solo accuracy on them every N steps (0: never)")
     a("--log-every", type=int, default=1, help="print one line of metrics every N steps (0: never)")
-    a("--show-every", type=int, default=20, help="print one co-written rollout on the first step and every N (0: never)")
+    a("--show-every", type=int, default=20, help="print one co-written rollout on the first step and every N (0: no)")
     a("--seed", type=int, default=0, help="seeds data order and sampling")
     a("--out", default="runs/trl", help="output folder: metrics.jsonl and checkpoints")
     a("--data", default=None, help="problems: .jsonl/.json file, or hf://datasets/OWNER/NAME/FILE")
@@ -102,27 +99,7 @@ def get_args(argv=None):
     if "--demo" in argv:
         p.set_defaults(**DEMO)
     args = p.parse_args(argv)
-    # every value checked here, before anything heavy loads: argparse prints the message and exits with code 2
-    for name, ok, rule in [
-            ("group-size", args.group_size >= 2, ">= 2 (a group-relative advantage needs a group)"),
-            ("temperature", args.temperature > 0, "> 0 (log-probs divide by it)"),
-            ("p-senior", 0 <= args.p_senior <= 1, "in [0, 1]"),
-            ("clip-low", 0 <= args.clip_low < 1, "in [0, 1)"), ("clip-high", args.clip_high >= 0, ">= 0"),
-            ("clip-c", args.clip_c == 0 or args.clip_c > 1, "0 (off) or > 1"),
-            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"), ("max-gap", args.max_gap >= 1, ">= 1"),
-            ("kl-coef", args.kl_coef >= 0, ">= 0"), ("junior-token-weight", args.junior_token_weight >= 0, ">= 0"),
-            ("length-penalty", 0 <= args.length_penalty <= 1, "in [0, 1]"),
-            *[(n.replace("_", "-"), getattr(args, n) >= 1, ">= 1") for n in (
-                "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
-                "max_prompt_tokens")],
-            *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
-                "save_every", "val_size", "val_every", "log_every", "show_every", "threads")]]:
-        if not ok:
-            p.error(f"--{name} must be {rule}, got {getattr(args, name.replace('-', '_'))}")
-    if args.prompts_per_step % args.mini_batch_prompts:
-        p.error("--prompts-per-step must be a multiple of --mini-batch-prompts")
-    if Path(args.out).is_file():
-        p.error(f"--out {args.out} is a file; it must be a folder")
+    check_args(p, args)  # every value, before anything heavy loads: a bad one is one line naming its range
     return args
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -463,17 +440,16 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
                 clipped = (ratio < 1 - args.clip_low) | (ratio > 1 + args.clip_high)
                 stats["clip_frac"] += (clipped * weight[weight > 0]).sum().item() / n_tokens
         norm = torch.nn.utils.clip_grad_norm_(senior.parameters(), args.grad_clip)
-        if torch.isfinite(norm):  # a NaN/inf gradient never reaches the weights
+        finite = bool(torch.isfinite(norm))
+        if finite:  # a NaN/inf gradient never reaches the weights: the update is skipped (verl's rule)
             opt.step()
             stats["grad_norm"] += norm.item()
-            skipped_in_a_row = 0
-        else:
-            stats["skipped"] += 1
-            skipped_in_a_row += 1
-            if skipped_in_a_row >= 3:
-                raise UserError("3 updates in a row had a non-finite gradient norm; stopping (the weights are "
-                                "untouched since the last good update): lower --lr or check the data")
         opt.zero_grad(set_to_none=True)
+        stats["skipped"] += not finite
+        skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
+        if skipped_in_a_row >= 3:
+            raise UserError("3 updates in a row had a non-finite gradient norm; stopping (the weights are "
+                            "untouched since the last good update): lower --lr or check the data")
     senior.eval()
     n_updates = math.ceil(len(idx) / mb)
     return dict(loss=stats["loss"] / n_updates, clip_frac=stats["clip_frac"] / n_updates,
@@ -509,22 +485,7 @@ def show_rollout(tok, problem, r, color):
             f"{problem['answer']}); the junior wrote the {'cyan' if color else '[[bracketed]]'} text")
 
 # ------------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary folder, fsynced, then renamed into place (atomic); `latest` names the newest
-
-def fsync(path):
-    """Flush a file (or a folder's entry list) to the disk, so a rename after it cannot expose a torn file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-def write_atomic(path, text):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    fsync(tmp)
-    os.replace(tmp, path)
-    fsync(path.parent)
+# Checkpoints: written to a temporary folder, fsynced, renamed into place (atomic); `latest` names the newest
 
 def save_checkpoint(out, step, senior, tok, opt):
     if not all(torch.isfinite(p).all() for p in senior.parameters()):
@@ -545,29 +506,20 @@ def save_checkpoint(out, step, senior, tok, opt):
         if old.parent != final:
             old.unlink()
 
-def load_checkpoint(out):
-    """-> (folder of the newest checkpoint, its trainer state), or (None, None)."""
+def load_checkpoint(out, senior, opt):
+    """Restore the newest checkpoint in `out` (weights, AdamW state, RNG states) -> its step; 0 when there is none."""
     if not (out / "latest").exists():
-        return None, None
+        return 0
     folder = out / (out / "latest").read_text().strip()
-    return folder, torch.load(folder / "trainer.pt", weights_only=False)
-
-def metrics_upto(path, step):
-    """The lines of metrics.jsonl logged up to `step` (a resumed run redoes the later ones). A torn last line
-    (power loss, full disk) is dropped with a note; a broken line elsewhere is an error."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = []
-    for i, line in enumerate(lines):
-        try:
-            m = json.loads(line)
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise UserError(f"{path}:{i + 1}: not valid JSON") from None
-            print(f"{path}: dropped a torn last line ({len(line)} characters)")
-            continue
-        if m["step"] <= step:
-            kept.append(line + "\n")
-    return "".join(kept)
+    state = torch.load(folder / "trainer.pt", weights_only=False)
+    senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    print(f"resumed from {folder} (step {state['step']})")
+    return state["step"]
 
 # ------------------------------------------------------------------------------------------------------------------
 # Helpers shared with eval.py
@@ -578,20 +530,6 @@ def eos_ids(tok, model=None):
     cfg = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = {tok.eos_token_id} | set(cfg if isinstance(cfg, (list, tuple)) else [cfg])
     return ids - {None}
-
-def load_model(path, device, dtype, trainable):
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    except OSError as e:  # neither a local model folder nor a hub id we can reach
-        raise UserError(f"{path}: neither a local model folder nor a reachable hub id ({str(e).splitlines()[0]})")
-    model.requires_grad_(trainable)
-    return model.eval()
-
-def load_tokenizer(path):
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise UserError(f"{path}: no tokenizer there, and not a reachable hub id ({str(e).splitlines()[0]})")
 
 @torch.no_grad()
 def solo_accuracy(model, tok, problems, batch=100, max_new_tokens=3000, temperature=0.7, top_p=0.8, top_k=20,
@@ -669,19 +607,10 @@ def main(args):
         test = load_problems(DEMO_DIR / "test.jsonl")
         before = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
-    folder, state, start = *load_checkpoint(out), 0
-    if args.resume and folder is None:
-        print(f"--resume: no checkpoint in {out} yet, starting from step 0")
-    if folder is not None:
-        senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        start = state["step"]
-        print(f"resumed from {folder} (step {start})")
+    start = load_checkpoint(out, senior, opt)
     if args.resume:  # forget what was logged after the checkpoint: those steps are redone
+        if not start:
+            print(f"--resume: no checkpoint in {out} yet, starting from step 0")
         write_atomic(out / "metrics.jsonl", metrics_upto(out / "metrics.jsonl", start))
     log, skipped_in_a_row, step = open(out / "metrics.jsonl", "a"), 0, start
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -711,13 +640,9 @@ def main(args):
                 tqdm.write(show_rollout(tok, batch[0], rollouts[0], color))
             if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
                 save_checkpoint(out, step + 1, senior, tok, opt)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: stop at once (no save), say where the run is and how to go on
         bar.close()
-        last = (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
-        argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
-        print(f"\ninterrupted during step {step + 1}; last checkpoint: {out / last if last != 'none yet' else last}\n"
-              f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
-        sys.exit(130)
+        stop_hint(out, step + 1)
     if args.demo:
         after = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
         print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
@@ -748,8 +673,7 @@ def memory_report(args):
     try:
         c = AutoConfig.from_pretrained(args.model)
     except OSError as e:
-        raise UserError(f"--model {args.model}: no config.json there, and not a reachable hub id "
-                        f"({str(e).splitlines()[0]}); the configs/ folder has Qwen3's")
+        raise not_found(args.model, e) from None
     H, I, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
     hd = getattr(c, "head_dim", None) or H // c.num_attention_heads
     q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
@@ -777,6 +701,95 @@ def memory_report(args):
     peak = max(sum(r[1] for r in rows), sum(r[2] for r in rows))
     print(f"  {'total':60s}{gib(sum(r[1] for r in rows))}{gib(sum(r[2] for r in rows))}   peak {peak / 2**30:.1f} GiB")
     return peak
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: plumbing (files that survive a crash, one-line errors, --help; not part of the method)
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's layout and shows every default."""
+
+def check_args(p, args):
+    """Refuse values that cannot work, with the allowed range: argparse prints the line and exits with code 2."""
+    for name, ok, rule in [
+            ("group-size", args.group_size >= 2, ">= 2 (a group-relative advantage needs a group)"),
+            ("temperature", args.temperature > 0, "> 0 (log-probs divide by it)"),
+            ("p-senior", 0 <= args.p_senior <= 1, "in [0, 1]"),
+            ("clip-low", 0 <= args.clip_low < 1, "in [0, 1)"), ("clip-high", args.clip_high >= 0, ">= 0"),
+            ("clip-c", args.clip_c == 0 or args.clip_c > 1, "0 (off) or > 1"),
+            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"),
+            ("max-gap", args.max_gap >= 1, ">= 1"),
+            ("kl-coef", args.kl_coef >= 0, ">= 0"), ("junior-token-weight", args.junior_token_weight >= 0, ">= 0"),
+            ("length-penalty", 0 <= args.length_penalty <= 1, "in [0, 1]"),
+            *[(n.replace("_", "-"), getattr(args, n) >= 1, ">= 1") for n in (
+                "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
+                "max_prompt_tokens")],
+            *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
+                "save_every", "val_size", "val_every", "log_every", "show_every", "threads")]]:
+        if not ok:
+            p.error(f"--{name} must be {rule}, got {getattr(args, name.replace('-', '_'))}")
+    if args.prompts_per_step % args.mini_batch_prompts:
+        p.error("--prompts-per-step must be a multiple of --mini-batch-prompts")
+    if Path(args.out).is_file():
+        p.error(f"--out {args.out} is a file; it must be a folder")
+
+def fsync(path):
+    """Flush a file (or a folder's entry list) to the disk, so a rename after it cannot expose a torn file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+def write_atomic(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    fsync(tmp)
+    os.replace(tmp, path)
+    fsync(path.parent)
+
+def metrics_upto(path, step):
+    """The lines of metrics.jsonl logged up to `step` (a resumed run redoes the later ones). A torn last line
+    (power loss, full disk) is dropped with a note; a broken line elsewhere is an error."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise UserError(f"{path}:{i + 1}: not valid JSON") from None
+            print(f"{path}: dropped a torn last line ({len(line)} characters)")
+            continue
+        if m["step"] <= step:
+            kept.append(line + "\n")
+    return "".join(kept)
+
+def not_found(path, e):
+    """A model path that failed to load -> one line: which path, and why when it is a local folder."""
+    why = f" ({str(e).splitlines()[0]})" if Path(path).exists() else ""
+    return UserError(f"{path}: neither a local model folder nor a reachable hub id{why}")
+
+def load_model(path, device, dtype, trainable):
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    except OSError as e:
+        raise not_found(path, e) from None
+    model.requires_grad_(trainable)
+    return model.eval()
+
+def load_tokenizer(path):
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise not_found(path, e) from None
+
+def stop_hint(out, step):
+    """After Ctrl-C: the step reached, the last checkpoint and the command that resumes; exit code 130."""
+    last = out / (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
+    argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
+    print(f"\ninterrupted during step {step}; last checkpoint: {last}\n"
+          f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
+    sys.exit(130)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
