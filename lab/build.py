@@ -7,12 +7,13 @@ Writes
   lab/train.jsonl   RL training problems   {"problem": ..., "answer": ...}
   lab/test.jsonl    200 held-out problems  (never in the pretraining data or train.jsonl, in either operand order)
 
-The task: "What is 48157 + 9386?", solved column by column, one step per paragraph:
+The task: "What is 4815 + 9386?", solved column by column, one step per paragraph:
 
-    Ones: 7+6+0=13, carry 1          <- the annotation ", carry 1" states the carry out of this column
-    Tens: 5+8+1=14, carry 1
-    ...
-    The answer is \\boxed{57543}.
+    Ones: 5+6+0=11, carry 1          <- the annotation ", carry 1" states the carry out of this column
+    Tens: 1+8+1=10, carry 1
+    Hundreds: 8+3+1=12, carry 1
+    Thousands: 4+9+1=14, carry 1
+    The answer is \\boxed{14201}.
 
 The pretraining writer leaves out the ", carry N" annotation with probability OMIT_P (the compact notation: 4 tokens
 shorter). The annotation is redundant (the carry is the tens digit of the sum just written), but after a column whose
@@ -32,11 +33,11 @@ import tandem_grpo as tg  # noqa: E402  the trainer's prompt (tg.prompt_ids), so
 
 MODEL_DIR = os.path.join(HERE, "model")
 SEED = 2026
-N_TEST, N_TRAIN, N_PRETRAIN = 200, 2000, 22400
+N_TEST, N_TRAIN, N_PRETRAIN = 200, 2000, 30720
 OMIT_P = 0.3                # P(leave out the ", carry N" annotation of a column)
 FORGET_P = 0.5              # P(forget an incoming carry of 1 whose annotation was left out)
-CARRY_COUNT_KEEP = {0: 0.05, 1: 0.1, 2: 0.3, 3: 1.0, 4: 1.0, 5: 1.0}  # favour problems with many carries
-COLUMN_NAMES = ["Ones", "Tens", "Hundreds", "Thousands", "Myriads"]
+CARRY_COUNT_KEEP = {0: 0.05, 1: 0.15, 2: 0.5, 3: 1.0, 4: 1.0}  # favour problems with many carries
+COLUMN_NAMES = ["Ones", "Tens", "Hundreds", "Thousands"]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN2_SPLIT_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
                      r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
@@ -44,8 +45,8 @@ CHAT_TEMPLATE = ("{%- for message in messages %}"
                  "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
                  "{%- endfor %}"
                  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
-MODEL_CONFIG = dict(hidden_size=160, intermediate_size=448, num_hidden_layers=3, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=40, max_position_embeddings=512, rope_theta=10000.0,
+MODEL_CONFIG = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=48, max_position_embeddings=512, rope_theta=10000.0,
                     rms_norm_eps=1e-6, tie_word_embeddings=True)
 TRAIN = dict(batch_size=64, lr=3e-3, min_lr=1e-4, warmup=60, weight_decay=0.01, grad_clip=1.0)
 
@@ -64,10 +65,9 @@ def n_carries(a, b):
 
 def sample_pair(rng):
     while True:
-        a, b = (rng.randint(1000, 99999) if rng.random() < 0.8 else rng.randint(100, 9999) for _ in range(2))
-        if max(a, b) >= 10000 or rng.random() < 0.3:  # mostly 5 columns
-            if rng.random() < CARRY_COUNT_KEEP[n_carries(a, b)]:
-                return a, b
+        a, b = (rng.randint(1000, 9999) if rng.random() < 0.8 else rng.randint(100, 999) for _ in range(2))
+        if rng.random() < CARRY_COUNT_KEEP[n_carries(a, b)]:  # mostly 4 columns, 3-4 carries
+            return a, b
 
 def problem_text(a, b):
     return f"What is {a} + {b}?"
@@ -191,7 +191,7 @@ def main():
     rng = random.Random(SEED + 1)
     tok = build_tokenizer([chat_text(problem_text(a, b)) + solution_text(a, b, rng)[0] + "<|im_end|>\n"
                            for a, b in sft[:4000]])
-    text = solution_text(48157, 9386)[0]
+    text = solution_text(4815, 9386)[0]
     assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
     assert tok.convert_ids_to_tokens(tok("\n\n", add_special_tokens=False).input_ids) == ["ĊĊ"]
     model = build_model(tok)

@@ -142,7 +142,7 @@ def seed_bootstrap(vectors, n_boot=2000, seed=0):
 def summarize(reports, names, kr):
     """reports: one eval report per seed; names: {model: senior name in the reports, per seed} -> table numbers."""
     out = {}
-    keys = [("solo", 1), ("solo", kr), ("step", kr), ("word", kr)]
+    keys = [("solo", 1), ("solo", kr), ("step", 1), ("step", kr), ("word", kr)]
     for model, per_seed in names.items():
         vec = {f"{s}@{k}": [per_problem(r, n, s, k) for r, n in zip(reports, per_seed)] for s, k in keys}
         m = {key: seed_bootstrap(v) for key, v in vec.items()}
@@ -177,15 +177,17 @@ def spread(xs, scale=1.0, fmt=".1f"):
 
 def table(s, kr, n_seeds):
     pc = lambda v, sign="": f"{100 * v[0]:{sign}.1f} [{100 * v[1]:{sign}.1f},{100 * v[2]:{sign}.1f}]"
-    rows = [["model", "solo@1", f"solo@{kr}", f"step@{kr}", "step/solo", f"word@{kr}", "legib", "drift", "compact",
-             "len"]]
+    rows = [["model", "solo@1", f"solo@{kr}", "step@1", f"step@{kr}", "step/solo", f"word@{kr}", "legib", "drift",
+             "compact", "len"]]
     for model in ("base", "grpo", "trl"):
         m = s[model]
-        rows.append([model, pc(m["solo@1"]), pc(m[f"solo@{kr}"]), pc(m[f"step@{kr}"]), f"{100 * m['step/solo']:.1f}%",
+        rows.append([model, pc(m["solo@1"]), pc(m[f"solo@{kr}"]), pc(m["step@1"]), pc(m[f"step@{kr}"]),
+                     f"{100 * m['step/solo']:.1f}%",
                      pc(m[f"word@{kr}"]), spread(m["legibility seeds"], fmt=".3f"), spread(m["drift seeds"], fmt=".3f"),
                      spread(m["compact seeds"], 100, ".0f") + "%", spread(m["solo length seeds"], fmt=".0f")])
     d = s["trl - grpo"]
-    rows.append(["trl - grpo", pc(d["solo@1"], "+"), pc(d[f"solo@{kr}"], "+"), pc(d[f"step@{kr}"], "+"), "",
+    rows.append(["trl - grpo", pc(d["solo@1"], "+"), pc(d[f"solo@{kr}"], "+"), pc(d["step@1"], "+"),
+                 pc(d[f"step@{kr}"], "+"), "",
                  pc(d[f"word@{kr}"], "+"), f"{d['legibility']:+.3f}", f"{d['drift']:+.3f}",
                  f"{100 * d['compact']:+.0f}%", ""])
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
