@@ -29,12 +29,12 @@ def get_args(argv=None):
     a("--seeds", type=int, default=0, help="training seeds (0: as many as fit --budget-s, at least 2)")
     a("--budget-s", type=float, default=840, help="with --seeds 0: start another seed only if it should end by then")
     a("--max-seeds", type=int, default=5, help="with --seeds 0: at most this many")
-    a("--steps", type=int, default=30, help="training steps per arm")
+    a("--steps", type=int, default=40, help="training steps per arm")
     a("--prompts-per-step", type=int, default=8, help="prompts per step (x --group-size rollouts)")
     a("--group-size", type=int, default=8, help="rollouts per prompt")
-    a("--lr", type=float, default=5e-5, help="AdamW learning rate")
-    a("--length-penalty", type=float, default=0.5, help="reward x (1 - this x tokens / --max-new-tokens), both arms")
-    a("--max-new-tokens", type=int, default=128, help="token budget of a response, training and eval")
+    a("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    a("--length-penalty", type=float, default=1.0, help="reward x (1 - this x tokens / --max-new-tokens), both arms")
+    a("--max-new-tokens", type=int, default=112, help="token budget of a response, training and eval")
     a("--temperature", type=float, default=1.0, help="rollout temperature in training")
     a("--schedule", default="word", choices=["word", "token", "step", "solo"], help="the trl arm's schedule")
     a("--p-senior", type=float, default=0.5, help="the trl arm's p_senior")
@@ -227,11 +227,12 @@ def figure(result, path, kr):
     ax[0].legend()
     keys, s = ["solo@1", f"solo@{kr}", f"step@{kr}", f"word@{kr}"], result["summary"]
     for j, (model, color) in enumerate((("base", "tab:gray"), ("grpo", "tab:red"), ("trl", "tab:blue"))):
-        v = [s[model][k] for k in keys]
-        x = [i + (j - 1) * 0.27 for i in range(len(keys))]
+        v = [s[model][k] for k in keys] + [[s[model]["compact"]] * 3]  # the compact share has no interval
+        x = [i + (j - 1) * 0.27 for i in range(len(v))]
         ax[3].bar(x, [100 * a[0] for a in v], 0.27, color=color, label=model,
                   yerr=[[100 * (a[0] - a[1]) for a in v], [100 * (a[2] - a[0]) for a in v]], capsize=2)
-    ax[3].set(xticks=range(len(keys)), xticklabels=keys, ylim=(0, 105), title="held-out accuracy, % (95% interval)")
+    ax[3].set(xticks=range(len(keys) + 1), xticklabels=keys + ["compact"], ylim=(0, 105),
+              title="held-out: pass@k (95% CI), compact, %")
     ax[3].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
