@@ -1,6 +1,6 @@
 """Build the lab's assets (deterministic): a tiny Qwen3 that adds numbers column by column, its data.
 
-    python lab/build.py           # from the repo root; a few minutes on 2 CPU cores
+    python lab/build.py           # from the repo root; 480 pretraining steps, 1,512 s measured on 2 shared, busy cores
 
 Writes
   lab/model/        a tiny Qwen3ForCausalLM (float32 safetensors) + its Qwen3-style byte-level BPE tokenizer

@@ -95,13 +95,16 @@ def run(script, argv, log, jobs=1):
     if rc:
         sys.exit(f"lab: {script} failed (exit {rc}); its log: {log}\n" + Path(log).read_text()[-2000:])
 
-def run_seed(args, seed, out, pool):
-    """Train both arms of one seed in parallel, then evaluate them (paired: trl - grpo) -> (eval report, metrics)."""
+def run_seed(args, seed, out, pool, then=None):
+    """Train both arms of one seed in parallel, then evaluate them (paired: trl - grpo) -> (eval report, metrics).
+    then: a function called once both trainings are queued (the base's evaluation takes the first free core)."""
     d = out / f"seed{seed}"
     arms = {arm: d / arm for arm in ("grpo", "trl")}
     d.mkdir(parents=True, exist_ok=True)
     jobs = [pool.submit(run, "tandem_grpo.py", train_argv(args, arm, seed, f), d / f"train_{arm}.log", args.jobs)
             for arm, f in arms.items()]
+    if then:
+        then()
     [j.result() for j in jobs]
     final = lambda f: str(f / (f / "latest").read_text().strip())
     run("eval.py", eval_argv(args, [final(arms["grpo"]), final(arms["trl"])], seed, d / "eval.json"), d / "eval.log",
@@ -247,15 +250,15 @@ def main(args):
     result = dict(settings=vars(args), arms=dict(grpo=train_argv(args, "grpo", "SEED", "OUT"),
                                                  trl=train_argv(args, "trl", "SEED", "OUT")), per_seed={})
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        # the base model, once (eval seed 0), while the first seed trains
-        base = pool.submit(run, "eval.py", eval_argv(args, [args.model], 0, out / "base_eval.json"), out / "base.log",
-                           args.jobs)
+        base = []  # the base model, evaluated once (eval seed 0), on the core the first seed's grpo arm frees first
+        evaluate_base = lambda: base.append(pool.submit(run, "eval.py", eval_argv(args, [args.model], 0,
+                                                        out / "base_eval.json"), out / "base.log", args.jobs))
         reports, seed, t_seed = [], 0, 0.0
         while seed < (args.seeds or args.max_seeds):
             if not args.seeds and seed >= 2 and time.time() - t0 + t_seed > args.budget_s:
                 break
             t1 = time.time()
-            report, train = run_seed(args, seed, out, pool)
+            report, train = run_seed(args, seed, out, pool, evaluate_base if seed == 0 else None)
             names = list(report["seniors"])
             reports.append(report)
             result["per_seed"][str(seed)] = dict(train=train, seniors=dict(grpo=names[0], trl=names[1]),
@@ -264,7 +267,7 @@ def main(args):
             t_seed = time.time() - t1
             print(f"lab: seed {seed} done in {t_seed:.0f} s", flush=True)
             seed += 1
-        base.result()
+        base[0].result()
     base_report = json.loads((out / "base_eval.json").read_text())
     arms = {arm: [v["seniors"][arm] for v in result["per_seed"].values()] for arm in ("grpo", "trl")}
     s = summarize(reports, arms, kr)
