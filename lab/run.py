@@ -228,7 +228,7 @@ def figure(result, path, kr):
                                            "senior_share": "senior share of tokens",
                                            "resp_len": "response length (tokens)"}[key])
     ax[0].legend()
-    keys, s = ["solo@1", f"solo@{kr}", f"step@{kr}", f"word@{kr}"], result["summary"]
+    keys, s = ["solo@1", "step@1", f"solo@{kr}", f"step@{kr}", f"word@{kr}"], result["summary"]
     for j, (model, color) in enumerate((("base", "tab:gray"), ("grpo", "tab:red"), ("trl", "tab:blue"))):
         v = [s[model][k] for k in keys] + [[s[model]["compact"]] * 3]  # the compact share has no interval
         x = [i + (j - 1) * 0.27 for i in range(len(v))]
@@ -247,8 +247,9 @@ def main(args):
     t0, out = time.time(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kr = min(4, args.n)
-    result = dict(settings=vars(args), arms=dict(grpo=train_argv(args, "grpo", "SEED", "OUT"),
-                                                 trl=train_argv(args, "trl", "SEED", "OUT")), per_seed={})
+    rel = lambda x: os.path.relpath(x, ROOT) if isinstance(x, str) and x.startswith(str(ROOT) + os.sep) else x
+    result = dict(settings={k: rel(v) for k, v in vars(args).items()}, per_seed={},  # paths from the repo root
+                  arms={arm: [rel(x) for x in train_argv(args, arm, "SEED", "OUT")] for arm in ("grpo", "trl")})
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         base = []  # the base model, evaluated once (eval seed 0), on the core the first seed's grpo arm frees first
         evaluate_base = lambda: base.append(pool.submit(run, "eval.py", eval_argv(args, [args.model], 0,
