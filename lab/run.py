@@ -12,7 +12,7 @@ file, draws a figure if matplotlib is installed, and ends with one summary line.
     python lab/run.py                                  # the default lab
     python lab/run.py --p-senior 0.25                  # an exercise: any trl-arm flag below (see lab/README.md)
 """
-import argparse, contextlib, json, os, re, subprocess, sys, time
+import argparse, contextlib, json, os, re, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -79,13 +79,15 @@ def eval_argv(args, seniors, seed, out):
              "--max-turns", "150", "--p-senior", "0.5", "--max-gap", "32", "--batch", "128", "--tf-batch", "64",
              "--seed", str(seed), "--device", "cpu", "--out", str(out)])
 
+IN_PROCESS = threading.Lock()  # one in-process run at a time: sys.stdout is redirected for the whole process
+
 def run(script, argv, log, jobs=1):
     """One CPU thread per process: two processes fill the two cores; a tiny model gains nothing from a second.
     jobs 0: in this process instead (tests; no parallelism)."""
     if jobs == 0:
         import tandem_grpo as tg
         mod = dict(zip(("tandem_grpo.py", "eval.py"), (tg, ev)))[script]
-        with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        with IN_PROCESS, open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             mod.main(mod.get_args(argv))
         return
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
