@@ -88,49 +88,112 @@ def get_args(argv=None):
     return args
 
 # ------------------------------------------------------------------------------------------------------------------
-# Data: {"problem", "answer"} rows, validated before any model loads
+# Data: rows with a problem and its accepted answer(s), validated before any model loads
 
 PROMPT_SUFFIX = ("Solve the following math problem step by step. Put your final answer inside \\boxed{}, "
                  "like \\boxed{42} or \\boxed{\\frac{1}{2}}.")  # the authors' words, training and eval alike
+# Field names, first match wins. verl rows (the authors' parquet files) are read separately: see problem_and_gold.
 PROBLEM_KEYS, ANSWER_KEYS = ("problem", "question"), ("answer", "final_answer", "solution")
 
 def fetch(path):
     """A local path, or hf://datasets/OWNER/NAME/FILE fetched once with huggingface_hub (into its cache)."""
     if not path.startswith("hf://"):
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
         return Path(path)
     parts = path[len("hf://"):].split("/")
     if len(parts) < 4 or parts[0] != "datasets":
-        raise ValueError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
+        raise UserError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
     from huggingface_hub import hf_hub_download
     return Path(hf_hub_download("/".join(parts[1:3]), "/".join(parts[3:]), repo_type="dataset"))
 
-def load_problems(path):
-    """Rows of a .jsonl (one object a line) or .json (a list) file -> [{"problem", "answer"}].
-    A row without a usable problem or answer is an error that names the file and line (row, for .json)."""
-    path = fetch(str(path))
-    text = path.read_text(encoding="utf-8")
+def json_kind(v):
+    return {"dict": "object", "str": "string", "int": "number", "float": "number", "NoneType": "null"}.get(
+        type(v).__name__, type(v).__name__)
+
+def read_rows(path):
+    """-> [(where, row)]: .jsonl one JSON value a line ("line N"), .json one list ("row N"; JSON lines accepted
+    too), .parquet one table ("row N", needs pyarrow)."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError(f"{path}: reading .parquet needs pyarrow: pip install pyarrow") from None
+        return [(f"row {i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if path.suffix == ".json":
-        rows = [(f"row {i + 1}", r) for i, r in enumerate(json.loads(text))]
-    else:
-        rows = []
-        for i, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    rows.append((f"line {i + 1}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
-    problems = []
-    for where, row in rows:
+        try:
+            data = json.loads(text) if text.strip() else []
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":  # "Extra data": several values, i.e. JSON lines in a .json file
+                raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        else:
+            if not isinstance(data, list):
+                raise UserError(f"{path}: holds a JSON {json_kind(data)}; expected a list of rows [{{...}}, ...] "
+                                f"(or one row a line, .jsonl)")
+            return [(f"row {i + 1}", r) for i, r in enumerate(data)]
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append((f"line {i + 1}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {i + 1}: not valid JSON ({e.msg})") from None
+    return rows
+
+def gold_answer(value, where):
+    """An answer field -> the gold: a string, or a list of accepted strings (OlympiadBench, Minerva); GSM8K's worked
+    answers keep what follows the last '####'; '' or [] when empty."""
+    if isinstance(value, list) and not any(isinstance(v, (list, dict)) for v in value):
+        return [a for a in (gold_answer(v, where) for v in value) if a]
+    if value is not None and not isinstance(value, (str, int, float)):
+        raise UserError(f"{where}: expected a string, a number or a list of them, got {json_kind(value)}")
+    return "" if value is None else str(value).rsplit("####", 1)[-1].strip()
+
+def problem_and_gold(row, where):
+    """-> (problem, its field, answer, its field). verl's layout (the authors' files): prompt = [{"role": "user",
+    "content": problem + " " + PROMPT_SUFFIX}], reward_model = {"ground_truth": answer}; else the first key present."""
+    if isinstance(row.get("prompt"), list) and isinstance(row.get("reward_model"), dict):
+        user = [m for m in row["prompt"] if isinstance(m, dict) and m.get("role") == "user"]
+        if not user or "ground_truth" not in row["reward_model"]:
+            raise UserError(f"{where}: verl row without a user message in 'prompt' or 'reward_model.ground_truth'")
+        return user[-1].get("content"), "prompt", row["reward_model"]["ground_truth"], "reward_model.ground_truth"
+    pk = next((k for k in PROBLEM_KEYS if k in row), None)
+    ak = next((k for k in ANSWER_KEYS if k in row), None)
+    if pk is None or ak is None:
+        missing = "'problem' (or 'question')" if pk is None else "'answer' (or 'final_answer', 'solution')"
+        raise UserError(f"{where}: missing field {missing}")
+    return row[pk], pk, row[ak], ak
+
+def load_problems(path):
+    """A .jsonl, .json or .parquet file (local or hf://) -> [{"problem": str, "answer": str or [str, ...]}].
+    A problem that already ends with PROMPT_SUFFIX (verl files) loses it, so it is never added twice. Rows with an
+    empty answer are dropped (as the authors do) and counted; any other bad row is a UserError naming file and row."""
+    path = fetch(str(path))
+    problems, n_empty = [], 0
+    for where, row in read_rows(path):
+        where = f"{path}: {where}"
         if not isinstance(row, dict):
-            raise ValueError(f"{path}: {where}: expected a JSON object, got {type(row).__name__}")
-        problem = next((row[k] for k in PROBLEM_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
-        answer = next((str(row[k]) for k in ANSWER_KEYS if row.get(k) not in (None, "") and str(row[k]).strip()), None)
-        if problem is None or answer is None:
-            missing = "problem (or question)" if problem is None else "answer (or final_answer/solution)"
-            raise ValueError(f"{path}: {where}: missing or empty field '{missing}'")
-        problems.append({"problem": problem, "answer": answer})
+            raise UserError(f"{where}: expected a JSON object {{\"problem\": ..., \"answer\": ...}}, "
+                            f"got {json_kind(row)}")
+        problem, pk, answer, ak = problem_and_gold(row, where)
+        if not isinstance(problem, str) or not problem.strip():
+            got = "an empty string" if isinstance(problem, str) else f"a {json_kind(problem)}"
+            raise UserError(f"{where}: field '{pk}' must be a non-empty string, got {got}")
+        if problem.rstrip().endswith(PROMPT_SUFFIX):  # problem + " " + suffix -> problem
+            problem = problem.rstrip()[:-len(PROMPT_SUFFIX)].rstrip()
+        gold = gold_answer(answer, f"{where}: field '{ak}'")
+        if not gold:
+            n_empty += 1
+            continue
+        problems.append({"problem": problem, "answer": gold})
+    if n_empty:
+        print(f"{path}: dropped {n_empty} row(s) with an empty answer")
     if not problems:
-        raise ValueError(f"{path}: no rows")
+        raise UserError(f"{path}: no rows" + (f" with an answer ({n_empty} empty)" if n_empty else " (empty file)"))
     return problems
 
 def prompt_ids(tokenizer, problem):

@@ -1,6 +1,7 @@
 """Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
 memory, hand-computed numbers. Run: python -m pytest -q test_tandem.py"""
-import json, math, threading, time
+import json, math, runpy, sys, threading, time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -339,25 +340,80 @@ def test_step_changes_senior_not_junior(tok, junior):
 # ------------------------------------------------------------------------------------------------------------------
 # data, the loop, checkpoints
 
-def test_bad_data_rows_name_file_and_line(tmp_path):
-    good = {"problem": "What is 1 + 1?", "answer": "2"}
-    f = tmp_path / "d.jsonl"
-    f.write_text(json.dumps(good) + "\n\n" + json.dumps({"problem": "What is 2 + 2?", "answer": " "}) + "\n")
-    with pytest.raises(ValueError, match=r"d\.jsonl: line 3: missing or empty field 'answer"):
-        tg.load_problems(f)
-    f.write_text(json.dumps(good) + "\n" + '{"problem": "x", "answer": \n')
-    with pytest.raises(ValueError, match=r"d\.jsonl:2: not valid JSON"):
-        tg.load_problems(f)
-    f.write_text(json.dumps({"answer": "2"}) + "\n")
-    with pytest.raises(ValueError, match=r"line 1: missing or empty field 'problem"):
-        tg.load_problems(f)
-    j = tmp_path / "d.json"  # a .json list; aliases question / final_answer / solution (boxed answer inside)
-    j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "solution": "so \\boxed{5}"},
-                             {"problem": "Q3"}]))
-    with pytest.raises(ValueError, match=r"d\.json: row 3: missing"):
-        tg.load_problems(j)
-    j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "solution": "so \\boxed{5}"}]))
-    assert tg.load_problems(j) == [{"problem": "Q1", "answer": "3"}, {"problem": "Q2", "answer": "so \\boxed{5}"}]
+def write_rows(path, rows):
+    path.write_text("\n".join(map(json.dumps, rows)) + "\n")
+    return path
+
+def test_gold_answers_lists_gsm8k_and_dropped_empty_rows(tmp_path, capsys):
+    f = write_rows(tmp_path / "d.jsonl", [
+        {"question": "Q1", "final_answer": ["$\\frac{1}{2}$"]},                  # OlympiadBench: a list of one
+        {"problem": "Q2", "answer": ["0.5", 2, "", "1/2"]},                       # Minerva: up to three accepted
+        {"question": "Q3", "answer": "3 pens at $2 is 3*2 = 6.\n#### 6"},        # GSM8K: what follows the last ####
+        {"problem": "Q4", "answer": ""}, {"problem": "Q5", "answer": []},         # empty: dropped, counted
+        {"problem": "Q6", "answer": None}, {"problem": "Q7", "answer": 12},
+        {"problem": "Q8", "solution": "so \\boxed{5}", "extra": 1}])
+    assert tg.load_problems(f) == [
+        {"problem": "Q1", "answer": ["$\\frac{1}{2}$"]}, {"problem": "Q2", "answer": ["0.5", "2", "1/2"]},
+        {"problem": "Q3", "answer": "6"}, {"problem": "Q7", "answer": "12"},
+        {"problem": "Q8", "answer": "so \\boxed{5}"}]
+    assert capsys.readouterr().out == f"{f}: dropped 3 row(s) with an empty answer\n"
+    j = tmp_path / "d.json"                                                   # a .json list, the same rows
+    j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "answer": " 4 "}]))
+    assert tg.load_problems(j) == [{"problem": "Q1", "answer": "3"}, {"problem": "Q2", "answer": "4"}]
+    j.write_text(f.read_text())                                               # JSON lines named .json: read as such
+    assert len(tg.load_problems(j)) == 5
+
+def verl_row(content, truth):
+    """A row as the authors' data/build_*.py write it (verl's layout), here as one JSON line."""
+    return {"data_source": "aime24", "prompt": [{"role": "user", "content": content}], "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": truth}, "extra_info": {"split": "test", "index": 0}}
+
+def test_verl_rows_lose_the_suffix_once(tmp_path, tok):
+    f = write_rows(tmp_path / "aime.jsonl", [verl_row("What is 12 + 34? " + tg.PROMPT_SUFFIX, "46"),
+                                             verl_row("Find x.", ["2", "-2"])])
+    rows = tg.load_problems(f)
+    assert rows == [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "Find x.", "answer": ["2", "-2"]}]
+    text = tok.decode(tg.prompt_ids(tok, rows[0]["problem"]))
+    assert text == f"<|im_start|>user\nWhat is 12 + 34? {tg.PROMPT_SUFFIX}<|im_end|>\n<|im_start|>assistant\n"
+
+def test_parquet_round_trip(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    rows = [verl_row("What is 1 + 1? " + tg.PROMPT_SUFFIX, "2"), verl_row("What is 2 + 2? " + tg.PROMPT_SUFFIX, "4")]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test.parquet")
+    assert tg.load_problems(tmp_path / "test.parquet") == [{"problem": "What is 1 + 1?", "answer": "2"},
+                                                          {"problem": "What is 2 + 2?", "answer": "4"}]
+
+@pytest.mark.parametrize("name,text,message", [
+    ("d.jsonl", None, r"d\.jsonl: no such file"),
+    ("d.jsonl", '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n', r"d\.jsonl: line 2: not valid JSON"),
+    ("d.jsonl", '{"problem": "a", "answer": "1"}\n\n{"problem": "b"}\n', r"d\.jsonl: line 3: missing field 'answer'"),
+    ("d.jsonl", '{"answer": "1"}\n', r"d\.jsonl: line 1: missing field 'problem'"),
+    ("d.jsonl", '{"problem": 7, "answer": "1"}\n', r"d\.jsonl: line 1: field 'problem' must be a non-empty string, "
+                                                   r"got a number"),
+    ("d.jsonl", '{"problem": " ", "answer": "1"}\n', r"line 1: field 'problem' must be a non-empty string, got an "),
+    ("d.jsonl", '{"problem": "a", "answer": {"x": 1}}\n', r"line 1: field 'answer': expected a string, a number or a"),
+    ("d.jsonl", '["a", "1"]\n', r"d\.jsonl: line 1: expected a JSON object \{\"problem\": .*\}, got list"),
+    ("d.jsonl", "\n \n", r"d\.jsonl: no rows \(empty file\)"),
+    ("d.jsonl", '{"problem": "a", "answer": ""}\n', r"d\.jsonl: no rows with an answer \(1 empty\)"),
+    ("d.json", '{"problem": "a", "answer": "1"}', r"d\.json: holds a JSON object; expected a list of rows"),
+    ("d.json", '[{"problem": "a", "answer": "1"},\n {"problem": "b" "answer": "2"}]', r"d\.json: line 2: not valid"),
+    ("d.json", '["a"]', r"d\.json: row 1: expected a JSON object .*, got string"),
+    ("d.jsonl", '{"prompt": [{"role": "system", "content": "x"}], "reward_model": {"ground_truth": "1"}}',
+     r"line 1: verl row without a user message"),
+])
+def test_bad_input_is_one_line_naming_file_row_and_field(tmp_path, name, text, message):
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    with pytest.raises(tg.UserError, match=message) as e:
+        tg.load_problems(tmp_path / name)
+    assert "\n" not in str(e.value) and str(tmp_path / name) in str(e.value)
+
+def test_parquet_without_pyarrow_names_the_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)                         # import pyarrow now fails
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "test.parquet").write_bytes(b"PAR1")
+    with pytest.raises(tg.UserError, match=r"test\.parquet: reading \.parquet needs pyarrow: pip install pyarrow"):
+        tg.load_problems(tmp_path / "test.parquet")
 
 def write_run_files(tmp_path, tok):
     tiny_model(tok, seed=0).save_pretrained(tmp_path / "model")
@@ -394,8 +450,11 @@ def test_save_resume_gives_the_same_next_step(tmp_path, tok):
 # ------------------------------------------------------------------------------------------------------------------
 # eval.py: pass@k, bootstrap intervals, cross-entropy and KL, handoff schedules
 
+def eos_of(tok):
+    return tg.eos_ids(tok)
+
 def eval_args(**kw):
-    a = ev.get_args(["--senior", "x", "--data", "x", "--device", "cpu"])
+    a = ev.get_args(["--senior", "x", "--data", str(tg.DEMO_DIR / "test.jsonl"), "--device", "cpu"])
     small = dict(n=4, max_new_tokens=24, batch=16, tf_batch=8, temperature=1.0, top_k=0, top_p=1.0)
     for k, v in {**small, **kw}.items():
         setattr(a, k, v)
@@ -510,13 +569,45 @@ def test_teacher_forced_matches_unpadded_forward(tok):
         ref = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).mean().item()
         assert drift == pytest.approx(ref, rel=1e-4) and drift > 0
 
+def test_chain_of_thought_drops_eos_and_leaves_long_chains_out():
+    assert ev.chain_of_thought([5, 6, 7], truncated=False) == [5, 6]      # the end-of-turn token is not read
+    assert ev.chain_of_thought([5, 6, 7], truncated=True) == [5, 6, 7]    # cut: there is no end-of-turn token
+    assert ev.chain_of_thought([7], truncated=False) is None              # nothing left to read
+    assert ev.chain_of_thought(list(range(4088)), truncated=True) is None          # 4,088 tokens or more: left out
+    assert len(ev.chain_of_thought(list(range(4088)), truncated=False)) == 4087    # 4,087 after the EOS: kept
+
+def test_legibility_is_the_junior_ce_without_eos(tok, monkeypatch):
+    """A scripted senior writes `right` then EOS; legibility must be the junior's mean CE over `right` alone."""
+    right = tok("The answer is \\boxed{46}.", add_special_tokens=False).input_ids
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    p = tg.prompt_ids(tok, probs[0]["problem"])
+    logq = j(torch.tensor([p + right + [tok.eos_token_id]])).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
+    ce = -logq.gather(1, torch.tensor(right + [tok.eos_token_id])[:, None])[:, 0]   # [len(right) + 1]
+    ws, se, a = tg.word_start_mask(tok), tg.step_end_mask(tok), eval_args(n=1, max_new_tokens=30)
+    for limit, kept in ((len(right) + 1, True), (len(right), False)):   # a chain of LEGIBILITY_MAX tokens is left out
+        monkeypatch.setattr(ev, "LEGIBILITY_MAX", limit)
+        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+        res = ev.evaluate(s, j, tok, probs, a, ws, se, eos_of(tok))
+        x, m = res["solo"][0][0], ev.metrics([res], a)
+        assert x["length"] == len(right) + 1 and not x["truncated"]
+        if kept:
+            assert x["legibility"] == pytest.approx(ce[:-1].mean().item(), rel=1e-5)
+            assert x["legibility"] != pytest.approx(ce.mean().item(), rel=1e-3)   # with the EOS it would differ
+            assert x["self_ce"] == pytest.approx(math.log(len(tok)), rel=1e-5)     # the script is uniform after
+            assert m["legibility"] == x["legibility"] and m["left out"] == 0
+        else:
+            assert x["legibility"] is x["drift"] is x["self_ce"] is None
+            assert m["legibility"] is None and m["left out"] == 1
+
 # ------------------------------------------------------------------------------------------------------------------
 # schedules and budgets
 
-def test_handoff_budget():
-    assert ev.handoff_budget(100, 3000) == 3000
-    assert ev.handoff_budget(1500, 3000) == 4096 - 1500 - 8
-    assert ev.handoff_budget(5000, 3000) == 0
+def test_budget():
+    assert ev.budget(100, 3000, "step") == 3000 == ev.budget(100, 3000, "solo")
+    assert ev.budget(1500, 3000, "step") == 4096 - 1500 - 8    # the authors' handoff loop keeps 8 tokens spare
+    assert ev.budget(1500, 3000, "solo") == 4096 - 1500 == ev.budget(1500, 3000, "word")  # the engine's window
+    assert ev.budget(5000, 3000, "step") == 0 == ev.budget(5000, 3000, "solo")
 
 def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
     blank = tok.get_vocab()["ĊĊ"]
@@ -525,7 +616,7 @@ def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
     se = tg.step_end_mask(tok)
     budgets = [6, 40, 40, 13]
     torch.manual_seed(0)
-    g = ev.generate(s, j, tok, prompts(tok, 4), budgets, "step", eval_args(max_turns=150), None, se)
+    g = ev.generate(s, j, tok, prompts(tok, 4), budgets, "step", eval_args(max_turns=150), None, se, eos_of(tok))
     swaps = 0
     for i, budget in enumerate(budgets):
         n = int(g["mask"][i].sum())
@@ -542,7 +633,7 @@ def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
     assert swaps >= 4
     # at most max_turns turns: a row ends at the blank line that closes its third turn, truncated
     torch.manual_seed(0)
-    g = ev.generate(s, j, tok, prompts(tok, 4), [40] * 4, "step", eval_args(max_turns=3), None, se)
+    g = ev.generate(s, j, tok, prompts(tok, 4), [40] * 4, "step", eval_args(max_turns=3), None, se, eos_of(tok))
     ended_by_turns = 0
     for i in range(4):
         n, toks = int(g["mask"][i].sum()), g["tokens"][i].tolist()
@@ -558,46 +649,51 @@ def test_handoff_with_p_senior_one_equals_solo(tok):
     probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "Add 1 and 3.", "answer": "4"}]
     a = eval_args(p_senior=1.0)
     ws = tg.word_start_mask(tok)
-    solo = ev.sample_responses(s, j, tok, probs, "solo", a, ws, None)
-    word = ev.sample_responses(s, j, tok, probs, "word", a, ws, None)
+    solo = ev.sample_responses(s, j, tok, probs, "solo", a, ws, None, eos_of(tok))
+    word = ev.sample_responses(s, j, tok, probs, "word", a, ws, None, eos_of(tok))
     assert len(solo) == 2 and all(len(x) == 4 for x in solo)  # n samples per problem
     for xs, ys in zip(solo, word):
         for x, y in zip(xs, ys):
             for key in ("text", "reward", "length", "truncated"):
                 assert x[key] == y[key]
-            assert y["senior_tokens"] == y["length"]
+            assert y["senior_tokens"] == y["length"] and y["authors"] == "s" * y["length"]
     assert len({x["text"] for xs in solo for x in xs}) > 1     # sampled, not one repeated string
 
 class Script(torch.nn.Module):
-    """An output layer that writes the given ids one after another, whatever the hidden state."""
+    """An output layer that writes the given ids one after another, whatever the hidden state; then uniform logits."""
     def __init__(self, ids, width):
         super().__init__()
         self.ids, self.width = iter(ids), width
     def forward(self, h):
-        out = torch.full((h.shape[0], self.width), -1e4)
-        out[:, next(self.ids)] = 0.0
+        nxt = next(self.ids, None)
+        out = torch.full((h.shape[0], self.width), 0.0 if nxt is None else -1e4)
+        if nxt is not None:
+            out[:, nxt] = 0.0
         return out
 
-def test_truncated_response_scores_zero(tok, monkeypatch):
-    """A scripted senior writes \\boxed{46} then EOS: reward 1 when EOS fits the budget, 0 when the budget cuts it."""
+def test_truncated_response_graded_or_zero(tok, monkeypatch):
+    """A scripted senior writes \\boxed{46} then EOS. When the budget cuts the EOS the response is truncated: graded as
+    it is by default (reward 1, the authors' rule), 0 with --truncated-reward zero."""
     right = tok("\\boxed{46}", add_special_tokens=False).input_ids
     probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "12 + 34?", "answer": "46"}]
     s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    for budget, score in ((len(right) + 1, 1.0), (len(right), 0.0)):  # solo: the budget is max_new_tokens
+    for budget, rule, score in ((len(right) + 1, "zero", 1.0), (len(right), "grade", 1.0), (len(right), "zero", 0.0)):
         s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
-        x = ev.sample_responses(s, None, tok, probs[:1], "solo", eval_args(n=1, max_new_tokens=budget), None, None)
-        assert x[0][0]["text"] == "\\boxed{46}" and x[0][0]["reward"] == score and x[0][0]["truncated"] == (not score)
+        a = eval_args(n=1, max_new_tokens=budget, truncated_reward=rule)
+        x = ev.sample_responses(s, None, tok, probs[:1], "solo", a, None, None, eos_of(tok))[0][0]
+        assert (x["text"], x["reward"], x["truncated"]) == ("\\boxed{46}", score, budget == len(right))
     # handoff: each row's own budget 4096 - prompt - 8; shrink the window so that the longer prompt's EOS falls
     # one token past its budget while the shorter prompt's fits (both rows run in one batch to the larger budget)
     n_long = len(tg.prompt_ids(tok, probs[0]["problem"]))
     assert len(tg.prompt_ids(tok, probs[1]["problem"])) < n_long
-    monkeypatch.setattr(ev, "HANDOFF_CONTEXT", n_long + 8 + len(right))
+    monkeypatch.setattr(ev, "CONTEXT", n_long + 8 + len(right))
     s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
-    long, short = ev.sample_responses(s, j, tok, probs, "step", eval_args(n=1, max_new_tokens=100), None,
-                                      tg.step_end_mask(tok))
+    a = eval_args(n=1, max_new_tokens=100, truncated_reward="zero")
+    long, short = ev.sample_responses(s, j, tok, probs, "step", a, None, tg.step_end_mask(tok), eos_of(tok))
     assert long[0]["text"] == short[0]["text"] == "\\boxed{46}"
     assert (long[0]["reward"], long[0]["truncated"], long[0]["length"]) == (0.0, True, len(right))
     assert (short[0]["reward"], short[0]["truncated"], short[0]["length"]) == (1.0, False, len(right) + 1)
+    assert long[0]["authors"] == "s" * len(right) and short[0]["authors"] == "s" * (len(right) + 1)  # one step
 
 # ------------------------------------------------------------------------------------------------------------------
 # the whole script
@@ -633,20 +729,88 @@ def test_main_end_to_end(tmp_path, tok, capsys):
     for key in ("solo pass@1", "step pass@2", "word pass@1"):
         per_file = [same["files"][f]["metrics"][key][0] for f in ("a.jsonl", "b.jsonl")]
         assert same["macro"][key][0] == pytest.approx(sum(per_file) / 2)
+    for p in same["files"]["a.jsonl"]["problems"] + other["files"]["b.jsonl"]["problems"]:  # who wrote each token
+        for sch in ev.SCHEDULES:
+            for x in p[sch]["samples"]:
+                assert len(x["authors"]) == x["length"] and x["authors"].count("s") == x["senior_tokens"]
+                assert sch != "solo" or x["authors"] == "s" * x["length"]
     # repeatable: the same seed gives the same run
     ev.main(ev.get_args(argv[:-1] + [str(tmp_path / "r2.json")]))
     again = json.loads((tmp_path / "r2.json").read_text())
     assert again["seniors"] == saved["seniors"] and again["paired"] == saved["paired"]
 
+def test_out_unwritable_fails_before_sampling(tmp_path, monkeypatch):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
+    (tmp_path / "file").write_text("")
+    def never(*a, **k):
+        raise AssertionError("loaded data or a model before checking --out")
+    monkeypatch.setattr(ev, "load_problems", never)
+    monkeypatch.setattr(ev, "load_model", never)
+    for out, why in ((tmp_path, f"Is a directory: {tmp_path}"), (tmp_path / "file" / "r.json", "File exists")):
+        args = ev.get_args(["--senior", "x", "--junior", "y", "--data", str(tmp_path / "d.jsonl"), "--out", str(out)])
+        with pytest.raises(tg.UserError, match=f"--out {out}: cannot write it \\({why}"):
+            ev.main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "file"]
+
+def test_unique_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for d in ("runs/a/step_000020", "other/a/step_000020", "runs/b/step_000020"):
+        (tmp_path / d).mkdir(parents=True)
+    short = lambda p: "/".join(Path(p).parts[-2:])
+    paths = [str(tmp_path / "runs/a/step_000020"), "other/a/step_000020", "runs/b/step_000020", "Qwen/Qwen3-4B",
+             "Qwen/Qwen3-4B"]
+    assert ev.unique_names(paths, short) == ["runs/a/step_000020", "other/a/step_000020", "b/step_000020",
+                                             "Qwen/Qwen3-4B", "Qwen/Qwen3-4B #2"]
+    assert ev.unique_names(["x/test.jsonl", "y/test.jsonl", "x/aime.jsonl"], lambda f: Path(f).name) == [
+        "x/test.jsonl", "y/test.jsonl", "aime.jsonl"]
+
+@pytest.mark.parametrize("flags,message", [
+    (["--n", "0"], "--n must be >= 1"), (["--batch", "0"], "--batch must be >= 1"),
+    (["--max-turns", "0"], "--max-turns must be >= 1"), (["--temperature", "-0.1"], "--temperature must be >= 0"),
+    (["--p-senior", "1.5"], "--p-senior must be in"), (["--top-p", "0"], "--top-p in"),
+    (["--data", "nope.jsonl"], "--data nope.jsonl: no such file"), (["--senior", "./nope"], "./nope: no such model"),
+    (["--junior", "runs/nope/step_000020"], "runs/nope/step_000020: no such model folder"),
+])
+def test_bad_flags_fail_before_loading(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        ev.get_args(["--senior", "Qwen/x", "--data", str(tg.DEMO_DIR / "test.jsonl")] + flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+def test_help_shows_every_flag_with_help_and_default(capsys):
+    with pytest.raises(SystemExit):
+        ev.get_args(["--help"])
+    out = capsys.readouterr().out
+    n_flags = out.split("options:")[1].count("\n  --")
+    assert n_flags == 20 and out.count("(default:") == n_flags                # every flag but -h: its text and default
+    assert "--max-turns MAX_TURNS" in out and "(default: 300)" in out and "What it computes, in order" in out
+
+def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "d.jsonl").write_text('{"problem": "a", "answer": "1"}\n{"problem": 3, "answer": "1"}\n')
+    monkeypatch.setattr(sys, "argv", ["eval.py", "--senior", "Qwen/x", "--junior", "Qwen/y", "--data",
+                                      str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(ev.__file__, run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"error: {tmp_path / 'd.jsonl'}: line 2: field 'problem' must be a non-empty " \
+                                        f"string, got a number\n"
+
 def test_demo_arguments(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    repo = tmp_path / "repo"                                          # where eval.py lives, for this test
+    monkeypatch.setattr(ev, "__file__", str(repo / "eval.py"))
     a = ev.get_args(["--demo"])
     assert a.senior == [str(tg.DEMO_DIR / "model")] == [a.junior] and a.data == [str(tg.DEMO_DIR / "test.jsonl")]
-    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "step_000040").mkdir(parents=True)
     (tmp_path / "runs" / "demo" / "latest").write_text("step_000040")  # written by python tandem_grpo.py --demo
     assert ev.get_args(["--demo"]).senior == [a.junior, "runs/demo/step_000040"]
     b = ev.get_args(["--demo", "--senior", "x", "--n", "2"])       # flags still win
-    assert b.senior == ["x"] and b.n == 2 and b.max_new_tokens == 96
+    assert b.senior == ["x"] and b.n == 2 and b.max_new_tokens == 96 and b.threads == 1
+    assert ev.get_args(["--senior", "x", "--data", a.data[0]]).threads == 0     # all cores outside the demo
+    # no runs/demo here: the one next to the script is found
+    (tmp_path / "runs" / "demo" / "latest").unlink()
+    (repo / "runs" / "demo" / "step_000040").mkdir(parents=True)
+    (repo / "runs" / "demo" / "latest").write_text("step_000040")
+    assert ev.get_args(["--demo"]).senior == [a.junior, str(repo / "runs" / "demo" / "step_000040")]
 
 def test_senior_with_another_tokenizer_is_refused(tmp_path, tok):
     tiny_model(tok).save_pretrained(tmp_path / "j")
@@ -656,7 +820,7 @@ def test_senior_with_another_tokenizer_is_refused(tmp_path, tok):
     other.add_tokens(["<extra>"])                                  # one more id: the vocabularies differ
     other.save_pretrained(tmp_path / "s")
     (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
-    with pytest.raises(SystemExit, match="tokenizer differs"):
+    with pytest.raises(tg.UserError, match="vocabulary differs from the junior's"):
         ev.main(ev.get_args(["--senior", str(tmp_path / "s"), "--junior", str(tmp_path / "j"), "--data",
                              str(tmp_path / "d.jsonl"), "--device", "cpu", "--out", str(tmp_path / "r.json")]))
 
