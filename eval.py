@@ -7,8 +7,8 @@ What it computes, in order, for every senior on every file (--n samples a proble
             at most --max-turns turns (the authors' 150 rounds of two), budget min(max_new_tokens, 4096 - prompt - 8)
                                                                                 -> step pass@k, step/solo at pass@4
   3. word   handoff under the training coin (p_senior, a redraw at word starts or after max_gap)  -> word pass@k
-  4. both models teacher-forced over the senior's solo chains (end-of-turn token excluded; chains of 4,088 tokens or
-     more left out and counted): legibility (junior's cross-entropy), self-CE (senior's), drift (KL(senior || junior))
+  4. both models teacher-forced over the senior's solo chains (end-of-turn token excluded; prompt + chain of 4,088
+     tokens or more left out, counted): legibility (junior's cross-entropy), self-CE (senior's), drift (KL(p || q))
   5. pass@k unbiased per problem, k = 1, 2, 4, .., n; means per file, then macro over files; 95% bootstrap intervals;
      every senior minus the first, paired by problem
 A response cut at its budget or its turns is graded as it is (the authors' rule; --truncated-reward zero scores it 0).
@@ -34,7 +34,7 @@ from tandem_grpo import (DEMO_DIR, LOGITS_CHUNK, UserError, autocast, eos_ids, l
 # Settings (the paper's evaluation sampling is the default)
 
 CONTEXT = 4096          # the authors' window: prompt + response (+ 8 spare tokens in their handoff loop)
-LEGIBILITY_MAX = 4088   # the authors leave chains of this many tokens or more out of legibility
+LEGIBILITY_MAX = 4088   # the authors leave a prompt + chain of this many tokens or more (4096 - 8) out of legibility
 N_BOOT = 2000           # bootstrap resamples
 SCHEDULES = ("solo", "step", "word")
 
@@ -96,8 +96,10 @@ def get_args(argv=None):
     for flag in ("limit", "top_k", "threads", "temperature"):
         if getattr(args, flag) < 0:
             p.error(f"--{flag.replace('_', '-')} must be >= 0")
-    if not 0 <= args.p_senior <= 1 or not 0 < args.top_p <= 1:
-        p.error("--p-senior must be in [0, 1] and --top-p in (0, 1]")
+    if not 0 <= args.p_senior <= 1:
+        p.error("--p-senior must be in [0, 1]")
+    if not 0 < args.top_p <= 1:
+        p.error("--top-p must be in (0, 1]")
     for f in args.data:
         if not f.startswith("hf://") and not Path(f).is_file():
             p.error(f"--data {f}: no such file")
@@ -207,11 +209,11 @@ def teacher_forced(senior, junior, pairs, n_vocab, pad_id, batch, desc=""):
         out += [tuple(x.mean(0).tolist()) for x in stats.split(sel.sum(1).tolist())]
     return out
 
-def chain_of_thought(response_ids, truncated):
+def chain_of_thought(n_prompt, response_ids, truncated):
     """The chain the junior reads: the response without its end-of-turn token (a truncated one has none), or None
-    when it is left out: empty, or LEGIBILITY_MAX tokens or more."""
+    when it is left out: empty, or prompt + chain LEGIBILITY_MAX tokens or more (as the authors)."""
     chain = response_ids if truncated else response_ids[:-1]
-    return chain if 0 < len(chain) < LEGIBILITY_MAX else None
+    return chain if chain and n_prompt + len(chain) < LEGIBILITY_MAX else None
 
 # ------------------------------------------------------------------------------------------------------------------
 # One senior on one file, then the metrics of any set of files (one file, or the macro average)
@@ -221,7 +223,8 @@ def evaluate(senior, junior, tok, problems, args, ws, se, eos, name=""):
     a chain left out)."""
     res = {s: sample_responses(senior, junior, tok, problems, s, args, ws, se, eos, f"{name} {s}") for s in SCHEDULES}
     solo = [x for per_problem in res["solo"] for x in per_problem]
-    chains = [(x.pop("prompt_ids"), chain_of_thought(x.pop("response_ids"), x["truncated"])) for x in solo]
+    chains = [(p, chain_of_thought(len(p), x.pop("response_ids"), x["truncated"])) for x in solo
+              for p in [x.pop("prompt_ids")]]
     kept = [i for i, (_, c) in enumerate(chains) if c is not None]
     tf = teacher_forced(senior, junior, [chains[i] for i in kept], len(tok), tok.pad_token_id, args.tf_batch,
                         f"{name} teacher-forced")
@@ -309,8 +312,8 @@ def table(report):
         f"\npass@k in % [95% bootstrap interval over problems], {st['n']} samples a problem; step: handoff alternating "
         f"at blank lines, at most {st['max_turns']} turns; word: handoff under the training coin (p_senior "
         f"{st['p_senior']}); cut: responses stopped by the budget or the turns, {rule[st['truncated_reward']]}"
-        f"\nlegib, drift, self-CE: nats per token over the solo chains without the end-of-turn token; left out: chains "
-        f"of {LEGIBILITY_MAX} tokens or more, or empty")
+        f"\nlegib, drift, self-CE: nats per token over the solo chains without the end-of-turn token; left out: "
+        f"chains empty or with prompt + chain >= {LEGIBILITY_MAX} tokens")
     if report["paired"]:
         rows = [["data", "paired by problem"] + [h for h, _ in dcols]]
         rows += [[s, pair] + [f(d[s]) for _, f in dcols] for s in scopes for pair, d in report["paired"].items()]
@@ -320,17 +323,21 @@ def table(report):
 # ------------------------------------------------------------------------------------------------------------------
 # Main: every senior on every file, the table, the JSON
 
-def unique_names(paths, short):
-    """Display names: short(path) where no other path shares it, else the path relative to the working folder (a hub
-    id as given); the same path twice gets ' #2'."""
-    rel = lambda p: os.path.relpath(p) if Path(p).exists() else p
+def unique_names(paths, min_parts):
+    """Display names: the shortest tail of each path (at least min_parts parts; a local path taken relative to the
+    working folder) that no other path shares, so that data/eval/aime24/test.parquet is aime24/test.parquet next to
+    data/eval/amc23_25/test.parquet; the same path twice gets ' #2'."""
+    parts = [Path(os.path.relpath(p) if Path(p).exists() else p).parts for p in paths]
+    tail = lambda i, k: "/".join(parts[i][-k:])
     names = []
-    for p in paths:
-        name = short(p) if [short(q) for q in paths].count(short(p)) == 1 else rel(p)
-        base, k = name, 1
-        while name in names:
+    for i in range(len(paths)):
+        k = min_parts
+        while k < len(parts[i]) and any(tail(j, k) == tail(i, k) for j in range(len(paths)) if parts[j] != parts[i]):
             k += 1
-            name = f"{base} #{k}"
+        name, n = tail(i, k), 1
+        while name in names:
+            n += 1
+            name = f"{tail(i, k)} #{n}"
         names.append(name)
     return names
 
@@ -352,7 +359,7 @@ def main(args):
     check_writable(args.out)
     if args.threads:  # the demo's tiny model: 2 threads gain ~20% on 2 idle cores and cost 5-10x on 2 busy ones
         torch.set_num_threads(args.threads)
-    names = unique_names(args.data, lambda f: Path(f).name)
+    names = unique_names(args.data, 1)
     data = {n: load_problems(f)[:args.limit or None] for n, f in zip(names, args.data)}  # validated before models load
     dev = torch.device(args.device)
     jtok = AutoTokenizer.from_pretrained(args.junior)
@@ -366,7 +373,7 @@ def main(args):
     report = dict(settings=dict(vars(args), context=CONTEXT, legibility_max=LEGIBILITY_MAX, n_boot=N_BOOT,
                                 ks=ks_for(args.n)), files=list(data), seniors={}, paired={})
     results = {}  # senior name -> one evaluate() result per file
-    for path, name in zip(args.senior, unique_names(args.senior, lambda s: "/".join(Path(s).parts[-2:]))):
+    for path, name in zip(args.senior, unique_names(args.senior, 2)):
         senior = junior if path == args.junior else load_model(path, dev, torch.float32, trainable=False)
         tok, eos = toks[path], eos_ids(toks[path], senior) | eos_ids(jtok, junior)
         res = results[name] = [evaluate(senior, junior, tok, p, args, ws, se, eos, f"{name} {f}")

@@ -570,11 +570,11 @@ def test_teacher_forced_matches_unpadded_forward(tok):
         assert drift == pytest.approx(ref, rel=1e-4) and drift > 0
 
 def test_chain_of_thought_drops_eos_and_leaves_long_chains_out():
-    assert ev.chain_of_thought([5, 6, 7], truncated=False) == [5, 6]      # the end-of-turn token is not read
-    assert ev.chain_of_thought([5, 6, 7], truncated=True) == [5, 6, 7]    # cut: there is no end-of-turn token
-    assert ev.chain_of_thought([7], truncated=False) is None              # nothing left to read
-    assert ev.chain_of_thought(list(range(4088)), truncated=True) is None          # 4,088 tokens or more: left out
-    assert len(ev.chain_of_thought(list(range(4088)), truncated=False)) == 4087    # 4,087 after the EOS: kept
+    assert ev.chain_of_thought(10, [5, 6, 7], truncated=False) == [5, 6]    # the end-of-turn token is not read
+    assert ev.chain_of_thought(10, [5, 6, 7], truncated=True) == [5, 6, 7]  # cut: there is no end-of-turn token
+    assert ev.chain_of_thought(10, [7], truncated=False) is None            # nothing left to read
+    assert ev.chain_of_thought(88, list(range(4000)), truncated=True) is None       # prompt + chain 4,088: left out
+    assert len(ev.chain_of_thought(88, list(range(4000)), truncated=False)) == 3999  # 4,087 after the EOS: kept
 
 def test_legibility_is_the_junior_ce_without_eos(tok, monkeypatch):
     """A scripted senior writes `right` then EOS; legibility must be the junior's mean CE over `right` alone."""
@@ -585,7 +585,7 @@ def test_legibility_is_the_junior_ce_without_eos(tok, monkeypatch):
     logq = j(torch.tensor([p + right + [tok.eos_token_id]])).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
     ce = -logq.gather(1, torch.tensor(right + [tok.eos_token_id])[:, None])[:, 0]   # [len(right) + 1]
     ws, se, a = tg.word_start_mask(tok), tg.step_end_mask(tok), eval_args(n=1, max_new_tokens=30)
-    for limit, kept in ((len(right) + 1, True), (len(right), False)):   # a chain of LEGIBILITY_MAX tokens is left out
+    for limit, kept in ((len(p) + len(right) + 1, True), (len(p) + len(right), False)):  # prompt + chain >= limit: out
         monkeypatch.setattr(ev, "LEGIBILITY_MAX", limit)
         s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
         res = ev.evaluate(s, j, tok, probs, a, ws, se, eos_of(tok))
@@ -756,18 +756,17 @@ def test_unique_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for d in ("runs/a/step_000020", "other/a/step_000020", "runs/b/step_000020"):
         (tmp_path / d).mkdir(parents=True)
-    short = lambda p: "/".join(Path(p).parts[-2:])
     paths = [str(tmp_path / "runs/a/step_000020"), "other/a/step_000020", "runs/b/step_000020", "Qwen/Qwen3-4B",
              "Qwen/Qwen3-4B"]
-    assert ev.unique_names(paths, short) == ["runs/a/step_000020", "other/a/step_000020", "b/step_000020",
-                                             "Qwen/Qwen3-4B", "Qwen/Qwen3-4B #2"]
-    assert ev.unique_names(["x/test.jsonl", "y/test.jsonl", "x/aime.jsonl"], lambda f: Path(f).name) == [
-        "x/test.jsonl", "y/test.jsonl", "aime.jsonl"]
+    assert ev.unique_names(paths, 2) == ["runs/a/step_000020", "other/a/step_000020", "b/step_000020",
+                                         "Qwen/Qwen3-4B", "Qwen/Qwen3-4B #2"]
+    files = ["eval/aime24/test.parquet", "eval/amc23_25/test.parquet", "x/aime.jsonl", "/data/gsm8k/test.jsonl"]
+    assert ev.unique_names(files, 1) == ["aime24/test.parquet", "amc23_25/test.parquet", "aime.jsonl", "test.jsonl"]
 
 @pytest.mark.parametrize("flags,message", [
     (["--n", "0"], "--n must be >= 1"), (["--batch", "0"], "--batch must be >= 1"),
     (["--max-turns", "0"], "--max-turns must be >= 1"), (["--temperature", "-0.1"], "--temperature must be >= 0"),
-    (["--p-senior", "1.5"], "--p-senior must be in"), (["--top-p", "0"], "--top-p in"),
+    (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"), (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--data", "nope.jsonl"], "--data nope.jsonl: no such file"), (["--senior", "./nope"], "./nope: no such model"),
     (["--junior", "runs/nope/step_000020"], "runs/nope/step_000020: no such model folder"),
 ])
