@@ -1,12 +1,14 @@
 """
 tandem_grpo.py: Tandem Reinforcement Learning with verifiable rewards (TRL, arXiv 2606.28166) in one file.
+("TRL" here is the paper's method, not Hugging Face's `trl` library.)
 
 A trainable *senior* model and a frozen *junior* (by default a copy of the senior's starting weights) co-write
-every rollout: a coin picks the author at the start of the response and is tossed again after every word-start
-token (or after 32 tokens without one). A rule-based checker grades the team's final \\boxed{} answer, rewards
-become group-relative advantages, and the GRPO clipped loss trains the senior on the tokens *it* wrote. The
-junior's tokens are context only. Because every rollout must survive the junior's interruptions, the senior is
-pushed to reason in a way the junior can continue. With --schedule solo this is plain (vanilla) GRPO.
+every rollout: a coin picks the author of the first token, and the coin is tossed again after every word-start
+token (so the rest of a word may come from the other author) or after 32 tokens without one. A rule-based checker
+grades the team's final \\boxed{} answer, rewards become group-relative advantages, and the GRPO clipped loss trains
+the senior on the tokens *it* wrote. The junior's tokens are context only. Because every rollout must survive the
+junior's interruptions, the senior is pushed to reason in a way the junior can continue. With --schedule solo this
+is plain (vanilla) GRPO.
 
 Run it:
     python tandem_grpo.py --demo                        # tiny bundled model, 2 CPU cores, a few minutes
@@ -19,11 +21,12 @@ What it simplifies, and why:
     patched vLLM: slower, but every step of co-generation is visible in ~100 lines.
   - One process, one device. The senior keeps float32 master weights (bf16 cannot absorb updates of 1e-6) and
     runs its matmuls in bf16 autocast on CUDA; the junior is bf16. No FSDP, no sequence packing.
-  - Validation is not run inside the loop: checkpoints are saved every --save-every steps; eval.py measures them.
-  - The answer checker behind reward() is long (a safe LaTeX -> sympy parser): it sits in an appendix at the end.
+  - The token-mean divides by the senior's tokens of the mini-batch (the authors' newer verl divides by all
+    response tokens, junior ones included: a constant scale per mini-batch that AdamW mostly absorbs).
+  - GPU memory bookkeeping and the answer checker behind reward() are long: they sit in appendices at the end.
 All numbers follow the paper and the authors' code (verl's GRPO); README.md lists them with the measured figures.
 """
-import argparse, json, math, os, random, re, shutil, sys, time
+import argparse, itertools, json, math, os, random, re, shlex, shutil, sys, time
 from contextlib import nullcontext
 from fractions import Fraction
 from pathlib import Path
@@ -45,16 +48,18 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 # --demo swaps in these defaults (flags given on the command line still win): a tiny model, 2 CPU cores, minutes.
 DEMO = dict(model=str(DEMO_DIR / "model"), data=str(DEMO_DIR / "train.jsonl"), out="runs/demo", steps=40,
             prompts_per_step=8, mini_batch_prompts=4, group_size=8, micro_batch=32, gen_batch=64, lr=2e-5,
-            max_new_tokens=96, save_every=0, temperature=1.0)
+            max_new_tokens=96, save_every=0, temperature=1.0, val_size=100, val_every=10, log_every=5,
+            show_every=40, threads=1)
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     a("--model", default="Qwen/Qwen3-4B-Instruct-2507", help="senior: hub id or local folder")
     a("--junior", default=None, help="frozen junior (same tokenizer); default: a frozen copy of --model")
     a("--p-senior", type=float, default=0.5, help="probability the coin picks the senior as author")
     a("--schedule", default="word", choices=["word", "token", "step", "solo"],
-      help="word: coin at word starts (the paper); token: every token; step: alternate at \\n\\n; solo: vanilla GRPO")
+      help="word: redraw after a word-start token (the paper); token: every token; step: alternate at \\n\\n; "
+           "solo: vanilla GRPO")
     a("--max-gap", type=int, default=32, help="K: redraw the author after this many tokens without a word start")
     a("--group-size", type=int, default=8, help="G: rollouts per prompt")
     a("--prompts-per-step", type=int, default=16, help="prompts per training step (16 x 8 = 128 rollouts)")
@@ -65,26 +70,53 @@ def get_args(argv=None):
     a("--weight-decay", type=float, default=0.01, help="AdamW weight decay (verl's default)")
     a("--clip-low", type=float, default=0.2, help="ratio clip below: 1 - clip_low")
     a("--clip-high", type=float, default=0.2, help="ratio clip above: 1 + clip_high")
+    a("--clip-c", type=float, default=3.0, help="dual clip: a token with A < 0 loses at most -A * clip_c (0: off)")
     a("--grad-clip", type=float, default=1.0, help="gradient-norm clip")
     a("--kl-coef", type=float, default=0.0, help="k3 KL toward the junior (the authors' ablation used 0.001)")
+    a("--junior-token-weight", type=float, default=0.0, help="weight of junior-written tokens in the loss (paper: 0)")
     a("--temperature", type=float, default=0.6, help="rollout temperature (top_p 1, top_k off)")
     a("--max-prompt-tokens", type=int, default=1024, help="longer prompts are dropped from the data")
-    a("--max-new-tokens", type=int, default=3000, help="response budget; a response that hits it gets reward 0")
+    a("--max-new-tokens", type=int, default=3000, help="response budget: a response cut there has no EOS")
+    a("--truncated-reward", default="grade", choices=["grade", "zero"],
+      help="grade: a cut response is graded like any other (verl); zero: it scores 0 (acts as an overlong penalty)")
     a("--steps", type=int, default=200, help="training steps")
     a("--save-every", type=int, default=20, help="checkpoint every N steps (0: only at the end)")
+    a("--val-size", type=int, default=1000, help="problems held out of training (a fixed seeded draw) to validate on")
+    a("--val-every", type=int, default=20, help="the senior's solo accuracy on them every N steps (0: never)")
+    a("--log-every", type=int, default=1, help="print one line of metrics every N steps (0: never)")
+    a("--show-every", type=int, default=20, help="print one co-written rollout on the first step and every N (0: never)")
     a("--seed", type=int, default=0, help="seeds data order and sampling")
     a("--out", default="runs/trl", help="output folder: metrics.jsonl and checkpoints")
     a("--data", default=None, help="problems: .jsonl/.json file, or hf://datasets/OWNER/NAME/FILE")
-    a("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    a("--resume", action="store_true", help="continue from the latest checkpoint in --out (or start if none)")
     a("--demo", action="store_true", help="run the bundled CPU demo (tiny model, toy arithmetic)")
     a("--memory-report", action="store_true", help="print the GPU memory budget for this setting and exit")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    a("--threads", type=int, default=0, help="CPU threads for torch (0: all cores)")
     argv = sys.argv[1:] if argv is None else argv
     if "--demo" in argv:
         p.set_defaults(**DEMO)
     args = p.parse_args(argv)
+    # every value checked here, before anything heavy loads: argparse prints the message and exits with code 2
+    for name, ok, rule in [
+            ("group-size", args.group_size >= 2, ">= 2 (a group-relative advantage needs a group)"),
+            ("temperature", args.temperature > 0, "> 0 (log-probs divide by it)"),
+            ("p-senior", 0 <= args.p_senior <= 1, "in [0, 1]"),
+            ("clip-low", 0 <= args.clip_low < 1, "in [0, 1)"), ("clip-high", args.clip_high >= 0, ">= 0"),
+            ("clip-c", args.clip_c == 0 or args.clip_c > 1, "0 (off) or > 1"),
+            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"), ("max-gap", args.max_gap >= 1, ">= 1"),
+            ("kl-coef", args.kl_coef >= 0, ">= 0"), ("junior-token-weight", args.junior_token_weight >= 0, ">= 0"),
+            *[(n.replace("_", "-"), getattr(args, n) >= 1, ">= 1") for n in (
+                "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
+                "max_prompt_tokens")],
+            *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
+                "save_every", "val_size", "val_every", "log_every", "show_every", "threads")]]:
+        if not ok:
+            p.error(f"--{name} must be {rule}, got {getattr(args, name.replace('-', '_'))}")
     if args.prompts_per_step % args.mini_batch_prompts:
         p.error("--prompts-per-step must be a multiple of --mini-batch-prompts")
+    if Path(args.out).is_file():
+        p.error(f"--out {args.out} is a file; it must be a folder")
     return args
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -211,10 +243,12 @@ def prompt_ids(tokenizer, problem):
 
 # ------------------------------------------------------------------------------------------------------------------
 # Co-generation: two models, two KV caches, one token stream
+# Shapes: B rollouts in a generation batch, b of them still running, P prompt and T response positions,
+# V the tokenizer's ids, H the hidden size.
 
 def word_start_mask(tokenizer):
-    """BoolTensor[len(tokenizer)]: True for ids whose surface text starts with a space. Byte-level BPE writes that
-    space as 'Ġ' (U+0120), SentencePiece as '▁'. Decided on the vocabulary, once; special tokens are not words."""
+    """BoolTensor[V]: True for ids whose surface text starts with a space. Byte-level BPE writes that space as
+    'Ġ' (U+0120), SentencePiece as '▁'. Decided on the vocabulary, once; special tokens are not words."""
     mask = torch.zeros(len(tokenizer), dtype=torch.bool)
     for piece, i in tokenizer.get_vocab().items():
         mask[i] = piece.startswith(("Ġ", "▁"))
@@ -222,8 +256,15 @@ def word_start_mask(tokenizer):
     return mask
 
 def step_end_mask(tokenizer):
-    """BoolTensor[len(tokenizer)]: True for ids whose text contains a blank line ('\\n\\n' ends a reasoning step)."""
-    return torch.tensor(["\n\n" in tokenizer.decode([i]) for i in range(len(tokenizer))])
+    """BoolTensor[V, 3], for each id's text: (contains '\\n\\n', starts with '\\n', ends with '\\n'). A reasoning step
+    ends at a blank line: a token that holds one, or a token starting with '\\n' right after one ending with '\\n'
+    (tokenizers that write a blank line as two '\\n' tokens)."""
+    texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    return torch.tensor([["\n\n" in s, s.startswith("\n"), s.endswith("\n")] for s in texts])
+
+def junior_writes(schedule, p_senior):
+    """Does the junior write any token? Always under step; under word/token unless p_senior is 1; never under solo."""
+    return schedule == "step" or (schedule in ("word", "token") and p_senior < 1)
 
 def sample(logits, temperature, top_k=0, top_p=1.0):
     """logits [b, V] -> ids [b]. Inverse-CDF sampling (cumsum + searchsorted) costs ~2 ms over Qwen's 151,936 ids
@@ -244,7 +285,7 @@ def sample(logits, temperature, top_k=0, top_p=1.0):
     return pick if ids is None else ids.gather(1, pick[:, None]).squeeze(1)
 
 def left_pad(seqs, pad_id, device):
-    """list of id lists -> ids [b, L] and attention mask [b, L], padded on the left."""
+    """list of id lists -> ids [B, P] and attention mask [B, P], padded on the left."""
     L = max(map(len, seqs))
     ids = torch.tensor([[pad_id] * (L - len(s)) + list(s) for s in seqs], device=device)
     attn = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs], device=device)
@@ -255,18 +296,27 @@ def last_hidden(model, ids, attn, pos, cache):
     return model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache,
                                use_cache=True).last_hidden_state[:, -1]
 
+# tandem_generate, in ten lines of pseudocode (the rest is bookkeeping for a batch of rows):
+#   both models read the prompt                        -> one KV cache each
+#   author = coin(p_senior) for each row               (step schedule: the senior starts)
+#   repeat until every row has ended or the budget is spent:
+#       logits = the author's output layer on its own last hidden state
+#       token  = sample(logits)                        -> remember who wrote it
+#       word:  after a word-start token (or K tokens without one) author = coin(p_senior)
+#       token: author = coin(p_senior);  step: swap authors after a blank line
+#       a row that wrote EOS leaves the batch and both caches
+#       both models read the token                     -> both caches grow by one
 @torch.no_grad()
 def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_start=None, step_end=None,
                     schedule="word", p_senior=0.5, max_gap=32, max_new_tokens=3000, max_turns=0,
                     temperature=0.6, top_k=0, top_p=1.0):
-    """Co-write one response per prompt (lists of token ids). Both models read every token; each token is sampled
-    from its author's distribution. Schedules: word (coin at start; redraw after a word-start token or after
-    max_gap tokens), token (coin every token), step (senior first, swap after each \\n\\n; at most max_turns turns
-    if > 0), solo (senior only: the junior never runs; also when p_senior == 1).
+    """Co-write one response per prompt (lists of token ids). Schedules: word (coin at the start; redraw after a
+    word-start token or after max_gap tokens), token (coin every token), step (senior first, swap after each blank
+    line; at most max_turns turns if > 0), solo (senior only: the junior never runs; also when p_senior == 1).
     Returns tokens [B, T] (pad after the end), senior [B, T] (True where the senior wrote the token),
     mask [B, T] (response tokens up to and including EOS) and truncated [B] (stopped without EOS)."""
     dev, B = next(senior.parameters()).device, len(prompts)
-    if junior is None or schedule == "solo" or (schedule != "step" and p_senior >= 1):
+    if junior is None or not junior_writes(schedule, p_senior):
         junior, schedule = None, "solo"
     models = [senior] if junior is None else [senior, junior]
     eos = torch.tensor(sorted(eos_ids), device=dev)
@@ -288,6 +338,7 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
     senior_turn = coin(B) if schedule in ("word", "token") else torch.ones(B, dtype=torch.bool, device=dev)
     gap = torch.zeros(B, dtype=torch.long, device=dev)  # tokens since the last redraw (word schedule)
     turns = torch.ones(B, dtype=torch.long, device=dev)  # turns so far (step schedule)
+    after_newline = torch.zeros(B, dtype=torch.bool, device=dev)  # this turn's last token ended with '\n' (step)
     for t in range(max_new_tokens):
         # 1. the author's next-token distribution: output layer of the author only, ids beyond the tokenizer cut
         logits = torch.empty(len(row), n_vocab, device=dev)
@@ -305,7 +356,8 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
         elif schedule == "token":
             senior_turn = coin(len(row))
         elif schedule == "step":
-            swap = step_end[tok]
+            swap = step_end[tok, 0] | (step_end[tok, 1] & after_newline)   # a blank line ends the turn
+            after_newline = step_end[tok, 2] & ~swap
             senior_turn, turns = senior_turn ^ swap, turns + swap.long()
         # 3. finished rows leave the batch and both caches
         eos_hit = torch.isin(tok, eos)
@@ -319,7 +371,7 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
             for c in caches:
                 c.batch_select_indices(keep)
             row, tok, attn, pos = row[keep], tok[keep], attn[keep], pos[keep]
-            senior_turn, gap, turns = senior_turn[keep], gap[keep], turns[keep]
+            senior_turn, gap, turns, after_newline = senior_turn[keep], gap[keep], turns[keep], after_newline[keep]
         # 4. both models read the token
         attn = torch.cat([attn, attn.new_ones(len(row), 1)], 1)
         hid = [last_hidden(m, tok[:, None], attn, pos, c) for m, c in zip(models, caches)]
@@ -340,6 +392,7 @@ def group_advantages(rewards, group_size, eps=1e-6):
 
 # ------------------------------------------------------------------------------------------------------------------
 # Log-probs and the GRPO loss
+# From here on a batch is flattened: N = the counted response tokens of all its rows, [b, T] -> [N].
 
 LOGITS_CHUNK = 1024  # positions whose logits exist at once: 1024 x 151,936 float32 = 0.6 GB, never B x T x V
 
@@ -364,18 +417,22 @@ def response_logprobs(model, ids, attn, n_prompt, select, n_vocab, temperature):
     h = response_hidden(model, ids, attn, n_prompt, select)
     return token_logprobs(model, h, ids[:, n_prompt:][select], n_vocab, temperature)
 
-def grpo_loss(logp, old_logp, adv, n_tokens, clip_low=0.2, clip_high=0.2, ref_logp=None, kl_coef=0.0):
-    """Clipped surrogate over counted (senior-written) tokens, all [N]; adv is each token's rollout advantage.
+def grpo_loss(logp, old_logp, adv, n_tokens, clip_low=0.2, clip_high=0.2, ref_logp=None, kl_coef=0.0, clip_c=3.0,
+              weight=None):
+    """Clipped surrogate over counted tokens, all [N]; adv is each token's rollout advantage.
         ratio = exp(logp - old_logp);  loss_t = max(-A ratio, -A clip(ratio, 1 - clip_low, 1 + clip_high))
+        dual clip (verl): where A < 0, loss_t = min(loss_t, -A clip_c)   (a huge ratio cannot blow up the loss)
         (+ kl_coef * k3,  k3 = exp(ref - logp) - (ref - logp) - 1,  toward the junior)
-    Token-mean: returns sum_t loss_t / n_tokens, with n_tokens counted over the whole mini-batch, so the losses of
-    its micro-batches add up to exactly the mini-batch mean."""
+    Token-mean: returns sum_t weight_t loss_t / n_tokens, with n_tokens the (weighted) count over the whole
+    mini-batch, so the losses of its micro-batches add up to exactly the mini-batch mean."""
     ratio = torch.exp((logp - old_logp).clamp(-20, 20))
     loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high))
+    if clip_c:
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * clip_c), loss)
     if kl_coef:
         d = (ref_logp - logp).clamp(-20, 20)
         loss = loss + kl_coef * (torch.exp(d) - d - 1)
-    return loss.sum() / n_tokens
+    return (loss if weight is None else loss * weight).sum() / n_tokens
 
 # ------------------------------------------------------------------------------------------------------------------
 # One training step: rollouts -> rewards -> advantages -> two clipped-loss updates
@@ -394,30 +451,39 @@ def pack(rollouts, pad_id, device):
     senior = right([r["senior"] for r in rollouts], False)
     return torch.cat([p_ids, r_ids], 1), torch.cat([p_attn, r_attn], 1), p_ids.shape[1], senior
 
-def rollout(senior, junior, tok, problems, args, ws, se):
+def rollout(senior, junior, tok, problems, args, word_start, step_end):
     """G co-written rollouts for each problem, generated --gen-batch at a time, with their rewards."""
     dev, out = next(senior.parameters()).device, []
-    jobs = [(p, ids) for p in problems for ids in [prompt_ids(tok, p["problem"])] for _ in range(args.group_size)]
+    senior.eval()  # no dropout, and the KV cache stays on (gradient checkpointing turns it off in train mode)
+    jobs = []
+    for p in problems:
+        ids = prompt_ids(tok, p["problem"])  # templated once, repeated G times
+        jobs += [(p, ids)] * args.group_size
     for i in range(0, len(jobs), args.gen_batch):
         chunk = jobs[i:i + args.gen_batch]
         with autocast(dev):
-            g = tandem_generate(senior, junior, [ids for _, ids in chunk], eos_ids=eos_ids(tok, senior),
-                                pad_id=tok.pad_token_id, n_vocab=len(tok), word_start=ws, step_end=se,
-                                schedule=args.schedule, p_senior=args.p_senior, max_gap=args.max_gap,
-                                max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+            gen = tandem_generate(senior, junior, [ids for _, ids in chunk], eos_ids=eos_ids(tok, senior),
+                                  pad_id=tok.pad_token_id, n_vocab=len(tok), word_start=word_start,
+                                  step_end=step_end, schedule=args.schedule, p_senior=args.p_senior,
+                                  max_gap=args.max_gap, max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature)
         for j, (p, ids) in enumerate(chunk):
-            n = int(g["mask"][j].sum())
-            resp, by_senior = g["tokens"][j, :n].tolist(), g["senior"][j, :n].tolist()
-            truncated = bool(g["truncated"][j])
-            r = 0.0 if truncated else reward(tok.decode(resp, skip_special_tokens=True), p["answer"])
+            n = int(gen["mask"][j].sum())
+            resp, by_senior = gen["tokens"][j, :n].tolist(), gen["senior"][j, :n].tolist()
+            truncated = bool(gen["truncated"][j])
+            graded = not (truncated and args.truncated_reward == "zero")
+            r = reward(tok.decode(resp, skip_special_tokens=True), p["answer"]) if graded else 0.0
             out.append(dict(prompt=ids, response=resp, senior=by_senior, reward=r, truncated=truncated))
     return out
 
-def train_step(senior, junior, opt, rollouts, args):
-    """Old log-probs, then one PPO epoch of mini-batch updates on the senior's own tokens. -> loss metrics."""
-    dev, n_vocab = next(senior.parameters()).device, args.n_vocab
-    rewards = torch.tensor([r["reward"] for r in rollouts])
-    adv = group_advantages(rewards, args.group_size)
+def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
+    """Old log-probs, then one PPO epoch of mini-batch updates on the senior's own tokens. -> loss metrics.
+    An update whose gradient norm is not finite is skipped (verl's rule); three in a row stop the run."""
+    dev, n_vocab, w_junior = next(senior.parameters()).device, len(tok), args.junior_token_weight
+    def batch(rows):  # -> ids, attn [b, P+T], P, weight [b, T]: 1 senior-written, w_junior junior-written, 0 pad
+        ids, attn, P, by_senior = pack([rollouts[i] for i in rows], tok.pad_token_id, dev)
+        return ids, attn, P, torch.where(by_senior, 1.0, w_junior) * attn[:, P:]
+    adv = group_advantages(torch.tensor([r["reward"] for r in rollouts]), args.group_size)   # [rollouts]
     micro = lambda rows: [rows[i:i + args.micro_batch] for i in range(0, len(rows), args.micro_batch)]
     idx = list(range(len(rollouts)))
     # old log-probs: the senior (and, for the KL term, the junior) teacher-forced over the co-written sequences
@@ -425,36 +491,245 @@ def train_step(senior, junior, opt, rollouts, args):
     old, ref = {}, {}
     with torch.no_grad(), autocast(dev):
         for rows in micro(idx):
-            ids, attn, P, by_senior = pack([rollouts[i] for i in rows], args.pad_id, dev)
-            lp = response_logprobs(senior, ids, attn, P, by_senior, n_vocab, args.temperature)
-            old.update(zip(rows, lp.split(by_senior.sum(1).tolist())))
+            ids, attn, P, weight = batch(rows)
+            counted_per_row = (weight > 0).sum(1).tolist()  # lp is flat [N]: split it back into rows
+            lp = response_logprobs(senior, ids, attn, P, weight > 0, n_vocab, args.temperature)
+            old.update(zip(rows, lp.split(counted_per_row)))
             if args.kl_coef:
-                lp = response_logprobs(junior, ids, attn, P, by_senior, n_vocab, args.temperature)
-                ref.update(zip(rows, lp.split(by_senior.sum(1).tolist())))
-    senior.train()
-    stats = dict(loss=0.0, clip_frac=0.0, grad_norm=0.0)
+                lp = response_logprobs(junior, ids, attn, P, weight > 0, n_vocab, args.temperature)
+                ref.update(zip(rows, lp.split(counted_per_row)))
+    senior.train()  # gradient checkpointing is active in train mode only
+    stats = dict(loss=0.0, clip_frac=0.0, grad_norm=0.0, skipped=0)
     mb = args.mini_batch_prompts * args.group_size
     for start in range(0, len(idx), mb):
         rows_mb = idx[start:start + mb]
-        n_tokens = max(1, sum(sum(rollouts[i]["senior"]) for i in rows_mb))  # counted tokens of the mini-batch
+        n_tokens = max(1e-8, sum(1.0 if s else w_junior for i in rows_mb for s in rollouts[i]["senior"]))
         for rows in micro(rows_mb):
-            ids, attn, P, by_senior = pack([rollouts[i] for i in rows], args.pad_id, dev)
+            ids, attn, P, weight = batch(rows)
             cat = lambda d: torch.cat([d[i] for i in rows]).to(dev)
             a = torch.cat([adv[i].expand(len(old[i])) for i in rows]).to(dev)  # [N] each token gets A_i
             with autocast(dev):
-                lp = response_logprobs(senior, ids, attn, P, by_senior, n_vocab, args.temperature)
+                lp = response_logprobs(senior, ids, attn, P, weight > 0, n_vocab, args.temperature)
             loss = grpo_loss(lp, cat(old), a, n_tokens, args.clip_low, args.clip_high,
-                             cat(ref) if args.kl_coef else None, args.kl_coef)
+                             cat(ref) if args.kl_coef else None, args.kl_coef, args.clip_c, weight[weight > 0])
             loss.backward()
             stats["loss"] += loss.item()
             with torch.no_grad():
                 ratio = torch.exp(lp - cat(old))
-                stats["clip_frac"] += ((ratio < 1 - args.clip_low) | (ratio > 1 + args.clip_high)).sum().item() / n_tokens
-        stats["grad_norm"] += torch.nn.utils.clip_grad_norm_(senior.parameters(), args.grad_clip).item()
-        opt.step()
+                clipped = (ratio < 1 - args.clip_low) | (ratio > 1 + args.clip_high)
+                stats["clip_frac"] += (clipped * weight[weight > 0]).sum().item() / n_tokens
+        norm = torch.nn.utils.clip_grad_norm_(senior.parameters(), args.grad_clip)
+        finite = bool(torch.isfinite(norm))
+        if finite:  # a NaN/inf gradient never reaches the weights: the update is skipped (verl's rule)
+            opt.step()
+            stats["grad_norm"] += norm.item()
         opt.zero_grad(set_to_none=True)
+        stats["skipped"] += not finite
+        skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
+        if skipped_in_a_row >= 3:
+            raise UserError("3 updates in a row had a non-finite gradient norm; stopping (the weights are "
+                            "untouched since the last good update): lower --lr or check the data")
+    senior.eval()
     n_updates = math.ceil(len(idx) / mb)
-    return {k: v / n_updates for k, v in stats.items()}
+    return dict(loss=stats["loss"] / n_updates, clip_frac=stats["clip_frac"] / n_updates,
+                grad_norm=stats["grad_norm"] / max(1, n_updates - stats["skipped"]), skipped=stats["skipped"],
+                skipped_in_a_row=skipped_in_a_row)
+
+def rollout_metrics(rollouts, group_size):
+    """What to watch (the loss of GRPO hovers near 0 by construction: watch the reward)."""
+    r = torch.tensor([x["reward"] for x in rollouts])
+    n_resp = sum(len(x["response"]) for x in rollouts)
+    switches = [sum(a != b for a, b in zip(x["senior"], x["senior"][1:])) for x in rollouts]
+    return dict(reward=r.mean().item(),
+                zero_var_groups=(r.view(-1, group_size).std(1) == 0).float().mean().item(),
+                truncated=sum(x["truncated"] for x in rollouts) / len(rollouts),
+                senior_share=sum(sum(x["senior"]) for x in rollouts) / max(1, n_resp),
+                switches=sum(switches) / len(rollouts), resp_len=n_resp / len(rollouts))
+
+def log_line(m, steps):
+    """One nanoGPT-style line of the step's metrics."""
+    val = f" | val {m['val_solo']:.3f}" if "val_solo" in m else ""
+    skipped = f" | skipped {m['skipped']}" if m["skipped"] else ""
+    return (f"step {m['step']}/{steps} | reward {m['reward']:.3f} | zero-var {m['zero_var_groups']:.2f} | "
+            f"senior {m['senior_share']:.2f} | switches {m['switches']:.1f} | clip {m['clip_frac']:.3f} | "
+            f"gnorm {m['grad_norm']:.3f}{val}{skipped} | {m['step_s']:.1f} s")
+
+def show_rollout(tok, problem, r, color):
+    """One co-written response with the junior's spans marked: cyan on a terminal, [[double brackets]] otherwise."""
+    parts = []
+    for by_senior, run in itertools.groupby(zip(r["response"], r["senior"]), key=lambda x: x[1]):
+        text = tok.decode([t for t, _ in run], skip_special_tokens=True)
+        parts.append(text if by_senior else f"\033[36m{text}\033[0m" if color else f"[[{text}]]")
+    return (f"--- problem: {problem['problem']}\n{''.join(parts)}\n--- reward {r['reward']:.0f} (gold "
+            f"{problem['answer']}); the junior wrote the {'cyan' if color else '[[bracketed]]'} text")
+
+# ------------------------------------------------------------------------------------------------------------------
+# Checkpoints: written to a temporary folder, fsynced, renamed into place (atomic); `latest` names the newest
+
+def save_checkpoint(out, step, senior, tok, opt):
+    if not all(torch.isfinite(p).all() for p in senior.parameters()):
+        raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
+    final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    senior.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
+               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    torch.save(dict(step=step, optimizer=opt.state_dict(), rng=rng), tmp / "trainer.pt")
+    for f in [*tmp.iterdir(), tmp]:
+        fsync(f)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_atomic(out / "latest", final.name)
+    for old in out.glob("step_*/trainer.pt"):  # only the newest checkpoint keeps the (large) optimizer state
+        if old.parent != final:
+            old.unlink()
+
+def load_checkpoint(out, senior, opt):
+    """Restore the newest checkpoint in `out` (weights, AdamW state, RNG states) -> its step; 0 when there is none."""
+    if not (out / "latest").exists():
+        return 0
+    folder = out / (out / "latest").read_text().strip()
+    state = torch.load(folder / "trainer.pt", weights_only=False)
+    senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    print(f"resumed from {folder} (step {state['step']})")
+    return state["step"]
+
+# ------------------------------------------------------------------------------------------------------------------
+# Helpers shared with eval.py
+
+def eos_ids(tok, model=None):
+    """Stop ids: the tokenizer's eos plus every id of the model's generation_config.eos_token_id
+    (Qwen3: <|im_end|> and <|endoftext|>)."""
+    cfg = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tok.eos_token_id} | set(cfg if isinstance(cfg, (list, tuple)) else [cfg])
+    return ids - {None}
+
+@torch.no_grad()
+def solo_accuracy(model, tok, problems, batch=100, max_new_tokens=3000, temperature=0.7, top_p=0.8, top_k=20,
+                  seed=0):
+    """Mean reward of one solo sample per problem (the paper's evaluation sampling by default). It draws from its own
+    seeded random stream, so it neither depends on nor disturbs the training run's."""
+    dev, total = next(model.parameters()).device, 0.0
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(0, len(problems), batch):
+            chunk = problems[i:i + batch]
+            with autocast(dev):
+                gen = tandem_generate(model, None, [prompt_ids(tok, p["problem"]) for p in chunk],
+                                      eos_ids=eos_ids(tok, model), pad_id=tok.pad_token_id, n_vocab=len(tok),
+                                      schedule="solo", max_new_tokens=max_new_tokens, temperature=temperature,
+                                      top_p=top_p, top_k=top_k)
+            for j, p in enumerate(chunk):
+                total += reward(tok.decode(gen["tokens"][j][gen["mask"][j]], skip_special_tokens=True), p["answer"])
+    return total / len(problems)
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training loop
+
+def problems_for_step(n, step, k, seed):
+    """The k problem indices of a step: a fresh shuffle every epoch, a pure function of (seed, step) for resume."""
+    out, perms = [], {}
+    for j in range(step * k, (step + 1) * k):
+        epoch, i = divmod(j, n)
+        if epoch not in perms:  # one shuffle per epoch the step touches (at most two)
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        out.append(perms[epoch][i].item())
+    return out
+
+def split_validation(problems, n):
+    """-> (training problems, n validation problems): a fixed seeded draw, the same for every run on this data."""
+    held = set(torch.randperm(len(problems), generator=torch.Generator().manual_seed(1234))[:n].tolist())
+    return [p for i, p in enumerate(problems) if i not in held], [p for i, p in enumerate(problems) if i in held]
+
+def main(args):
+    t0 = time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # a tiny model runs 3-4x faster on one thread than on two busy ones
+    if args.memory_report:
+        return memory_report(args)
+    if not args.data:
+        raise UserError("--data is required (or --demo)")
+    out = Path(args.out)
+    used = (out / "metrics.jsonl").exists() or (out / "latest").exists()
+    if used and not args.resume:
+        raise UserError(f"--out {out} holds a run already: add --resume to continue it, or choose a new --out")
+    problems = load_problems(args.data)  # every row checked before a model loads
+    dev = torch.device(args.device)
+    if dev.type == "cuda":  # cuDNN's attention spends ~0.3 ms of CPU a call: decode 65 vs 69-88 ms/step (bench.py)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    tok = load_tokenizer(args.model)
+    n_long = len(problems)
+    problems = [p for p in problems if len(prompt_ids(tok, p["problem"])) <= args.max_prompt_tokens]
+    if len(problems) < n_long:
+        print(f"dropped {n_long - len(problems)} problems longer than {args.max_prompt_tokens} prompt tokens")
+    if args.val_size >= len(problems):
+        raise UserError(f"--val-size {args.val_size} leaves none of the {len(problems)} problems for training")
+    problems, val = split_validation(problems, args.val_size)
+    senior = load_model(args.model, dev, torch.float32, trainable=True)  # float32 master weights
+    need_junior = junior_writes(args.schedule, args.p_senior) or args.kl_coef > 0
+    junior = load_model(args.junior or args.model, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
+                        trainable=False) if need_junior else None
+    senior.activation_checkpointing_enable({"use_reentrant": False})     # active in train mode only
+    opt = torch.optim.AdamW(senior.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                            fused=dev.type == "cuda")
+    word_start = word_start_mask(tok)
+    step_end = step_end_mask(tok) if args.schedule == "step" else None
+    if args.demo:  # measured on the base model, before any checkpoint is loaded
+        test = load_problems(DEMO_DIR / "test.jsonl")
+        before = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+    out.mkdir(parents=True, exist_ok=True)
+    start = load_checkpoint(out, senior, opt)
+    if args.resume:  # forget what was logged after the checkpoint: those steps are redone
+        if not start:
+            print(f"--resume: no checkpoint in {out} yet, starting from step 0")
+        write_atomic(out / "metrics.jsonl", metrics_upto(out / "metrics.jsonl", start))
+    log, skipped_in_a_row, step = open(out / "metrics.jsonl", "a"), 0, start
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train")
+    try:
+        for step in bar:
+            t_step = time.time()
+            batch = [problems[i] for i in problems_for_step(len(problems), step, args.prompts_per_step, args.seed)]
+            park(opt, junior, "rollout", args)
+            rollouts = rollout(senior, junior, tok, batch, args, word_start, step_end)
+            t_gen = time.time() - t_step
+            park(opt, junior, "update", args)
+            m = dict(step=step + 1, **rollout_metrics(rollouts, args.group_size),
+                     **train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row))
+            skipped_in_a_row = m.pop("skipped_in_a_row")
+            if val and args.val_every and ((step + 1) % args.val_every == 0 or step + 1 == args.steps):
+                m["val_solo"] = solo_accuracy(senior, tok, val, max_new_tokens=args.max_new_tokens, seed=args.seed)
+            m.update(gen_s=t_gen, step_s=time.time() - t_step)
+            log.write(json.dumps(m) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['resp_len']:.0f}",
+                            **({"val": f"{m['val_solo']:.3f}"} if "val_solo" in m else {}))
+            if args.log_every and (step + 1) % args.log_every == 0:
+                tqdm.write(log_line(m, args.steps))
+            if args.show_every and (step == start or (step + 1) % args.show_every == 0):
+                tqdm.write(show_rollout(tok, batch[0], rollouts[0], color))
+            if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
+                save_checkpoint(out, step + 1, senior, tok, opt)
+    except KeyboardInterrupt:  # Ctrl-C: stop at once (no save), say where the run is and how to go on
+        bar.close()
+        stop_hint(out, step + 1)
+    if args.demo:
+        after = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+        print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
+              f"(n={len(test)} held-out problems, {time.time() - t0:.0f} s); wrote {out}/ (metrics.jsonl, "
+              f"{(out / 'latest').read_text().strip()}/)")
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: GPU memory (what one GPU holds in each phase; not part of the method)
 
 def park(opt, junior, phase, args):
     """On CUDA, keep on the GPU only what the phase uses: AdamW's moments (2 x 4 bytes a weight) wait on the CPU
@@ -469,93 +744,27 @@ def park(opt, junior, phase, args):
     if junior is not None and not args.kl_coef:
         junior.to("cuda" if phase == "rollout" else "cpu")
 
-def rollout_metrics(rollouts, group_size):
-    """What to watch (the loss of GRPO hovers near 0 by construction: watch the reward)."""
-    r = torch.tensor([x["reward"] for x in rollouts])
-    n_resp = sum(len(x["response"]) for x in rollouts)
-    switches = [sum(a != b for a, b in zip(x["senior"], x["senior"][1:])) for x in rollouts]
-    return dict(reward=r.mean().item(),
-                zero_var_groups=(r.view(-1, group_size).std(1) == 0).float().mean().item(),
-                truncated=sum(x["truncated"] for x in rollouts) / len(rollouts),
-                senior_share=sum(sum(x["senior"]) for x in rollouts) / max(1, n_resp),
-                switches=sum(switches) / len(rollouts), resp_len=n_resp / len(rollouts))
-
-# ------------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary folder, then renamed into place (atomic); `latest` names the newest
-
-def save_checkpoint(out, step, senior, tok, opt):
-    final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    senior.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
-               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    torch.save(dict(step=step, optimizer=opt.state_dict(), rng=rng), tmp / "trainer.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (out / "latest.tmp").write_text(final.name)
-    os.replace(out / "latest.tmp", out / "latest")
-    for old in out.glob("step_*/trainer.pt"):  # only the newest checkpoint keeps the (large) optimizer state
-        if old.parent != final:
-            old.unlink()
-
-def load_checkpoint(out):
-    """-> (folder of the newest checkpoint, its trainer state), or (None, None)."""
-    if not (out / "latest").exists():
-        return None, None
-    folder = out / (out / "latest").read_text().strip()
-    return folder, torch.load(folder / "trainer.pt", weights_only=False)
-
-# ------------------------------------------------------------------------------------------------------------------
-# Helpers shared with eval.py
-
-def eos_ids(tok, model=None):
-    """Stop ids: the tokenizer's eos plus every id of the model's generation_config.eos_token_id
-    (Qwen3: <|im_end|> and <|endoftext|>)."""
-    cfg = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = {tok.eos_token_id} | set(cfg if isinstance(cfg, (list, tuple)) else [cfg])
-    return ids - {None}
-
-def load_model(path, device, dtype, trainable):
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    model.requires_grad_(trainable)
-    return model.eval()
-
-@torch.no_grad()
-def solo_accuracy(model, tok, problems, batch=100, max_new_tokens=3000, temperature=0.7, top_p=0.8, top_k=20):
-    """Mean reward of one solo sample per problem (the paper's evaluation sampling by default)."""
-    dev, total = next(model.parameters()).device, 0.0
-    for i in range(0, len(problems), batch):
-        chunk = problems[i:i + batch]
-        with autocast(dev):
-            g = tandem_generate(model, None, [prompt_ids(tok, p["problem"]) for p in chunk], eos_ids=eos_ids(tok, model),
-                                pad_id=tok.pad_token_id, n_vocab=len(tok), schedule="solo",
-                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
-        for j, p in enumerate(chunk):
-            if not g["truncated"][j]:
-                total += reward(tok.decode(g["tokens"][j][g["mask"][j]], skip_special_tokens=True), p["answer"])
-    return total / len(problems)
-
-# ------------------------------------------------------------------------------------------------------------------
-# Memory budget: what one GPU must hold, from the model config alone (--memory-report)
-
 def memory_report(args):
     """Print the GPU budget of this setting, line by line, in GiB. Two phases never overlap: rollouts (weights,
     bf16 copy, junior, both KV caches; AdamW parked on the CPU) and updates (weights, grads, AdamW, activations of
     one micro-batch with checkpointing, one logits chunk; junior parked unless --kl-coef). Estimates: the peaks
     bench.py --paper measured on an H200 for Qwen3-4B were up to 5% above them (allocator, temporaries)."""
-    c = AutoConfig.from_pretrained(args.model)
+    try:
+        c = AutoConfig.from_pretrained(args.model)
+    except OSError as e:
+        raise not_found(args.model, e) from None
     H, I, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
     hd = getattr(c, "head_dim", None) or H // c.num_attention_heads
     q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
     n = L * (2 * H * q + 2 * H * kv + 3 * H * I + 2 * H + 2 * hd) + V * H * (1 if c.tie_word_embeddings else 2) + H
-    S, tandem = args.max_prompt_tokens + args.max_new_tokens, args.schedule != "solo" and args.p_senior < 1
+    S, tandem = args.max_prompt_tokens + args.max_new_tokens, junior_writes(args.schedule, args.p_senior)
+    junior_rollout, junior_update = tandem or args.kl_coef > 0, args.kl_coef > 0  # as park() places it
     tok_mb = args.micro_batch * S                                   # tokens in one training micro-batch
     rows = [("senior weights, float32 master copy", 4 * n, 4 * n),
             ("senior bf16 copy (autocast cache)", 2 * n, 0),
             ("senior gradients, float32", 0, 4 * n),
             ("AdamW moments, float32 (2 a weight)", 0, 8 * n),
-            ("junior weights, bf16", 2 * n * tandem, 2 * n * (args.kl_coef > 0)),
+            ("junior weights, bf16", 2 * n * junior_rollout, 2 * n * junior_update),
             (f"KV caches: {args.gen_batch} rollouts x {S} tokens x {1 + tandem} models, bf16",
              args.gen_batch * S * 2 * L * kv * 2 * (1 + tandem), 0),
             (f"prompt prefill, one layer's temporaries ({args.max_prompt_tokens}-token prompts)",
@@ -573,86 +782,69 @@ def memory_report(args):
     return peak
 
 # ------------------------------------------------------------------------------------------------------------------
-# Training loop
+# Appendix: plumbing (files that survive a crash, one-line errors, --help; not part of the method)
 
-def problems_for_step(n, step, k, seed):
-    """The k problem indices of a step: a fresh shuffle every epoch, a pure function of (seed, step) for resume."""
-    out, perms = [], {}
-    for j in range(step * k, (step + 1) * k):
-        epoch, i = divmod(j, n)
-        if epoch not in perms:  # one shuffle per epoch the step touches (at most two)
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        out.append(perms[epoch][i].item())
-    return out
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's layout and shows every default."""
 
-def main(args):
-    t0 = time.time()
-    if args.memory_report:
-        return memory_report(args)
-    if not args.data:
-        sys.exit("--data is required (or --demo)")
-    problems = load_problems(args.data)
-    dev = torch.device(args.device)
-    if args.demo:  # a tiny model: extra threads cost more than they give, and thrash when the cores are busy
-        torch.set_num_threads(1)
-    if dev.type == "cuda":  # cuDNN's attention spends ~0.3 ms of CPU a call: decode 65 vs 69-88 ms/step (bench.py)
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    n_long = len(problems)
-    problems = [p for p in problems if len(prompt_ids(tok, p["problem"])) <= args.max_prompt_tokens]
-    if len(problems) < n_long:
-        print(f"dropped {n_long - len(problems)} problems longer than {args.max_prompt_tokens} prompt tokens")
-    senior = load_model(args.model, dev, torch.float32, trainable=True)  # float32 master weights
-    use_junior = args.schedule != "solo" and (args.p_senior < 1 or args.schedule == "step") or args.kl_coef > 0
-    junior = load_model(args.junior or args.model, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
-                        trainable=False) if use_junior else None
-    senior.activation_checkpointing_enable({"use_reentrant": False})     # active in train mode only
-    opt = torch.optim.AdamW(senior.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                            fused=dev.type == "cuda")
-    args.n_vocab, args.pad_id = len(tok), tok.pad_token_id
-    ws, se = word_start_mask(tok), (step_end_mask(tok) if args.schedule == "step" else None)
-    out, start = Path(args.out), 0
-    out.mkdir(parents=True, exist_ok=True)
-    if args.resume:
-        folder, state = load_checkpoint(out)
-        if folder is None:
-            sys.exit(f"--resume: no checkpoint in {out}")
-        senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        start = state["step"]
-        print(f"resumed from {folder} (step {start})")
-        if (out / "metrics.jsonl").exists():  # forget steps logged after the checkpoint: they are redone
-            lines = (out / "metrics.jsonl").read_text().splitlines()
-            (out / "metrics.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= start))
-    if args.demo:
-        test = load_problems(DEMO_DIR / "test.jsonl")
-        before = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
-    log = open(out / "metrics.jsonl", "a")
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train")
-    for step in bar:
-        t_step = time.time()
-        batch = [problems[i] for i in problems_for_step(len(problems), step, args.prompts_per_step, args.seed)]
-        park(opt, junior, "rollout", args)
-        rollouts = rollout(senior, junior, tok, batch, args, ws, se)
-        t_gen = time.time() - t_step
-        park(opt, junior, "update", args)
-        m = dict(step=step + 1, **rollout_metrics(rollouts, args.group_size),
-                 **train_step(senior, junior, opt, rollouts, args), gen_s=t_gen, step_s=time.time() - t_step)
-        log.write(json.dumps(m) + "\n")
-        log.flush()
-        bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['resp_len']:.0f}")
-        if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
-            save_checkpoint(out, step + 1, senior, tok, opt)
-    if args.demo:
-        after = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
-        print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
-              f"(n={len(test)} held-out problems, {time.time() - t0:.0f} s)")
+def fsync(path):
+    """Flush a file (or a folder's entry list) to the disk, so a rename after it cannot expose a torn file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+def write_atomic(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    fsync(tmp)
+    os.replace(tmp, path)
+    fsync(path.parent)
+
+def metrics_upto(path, step):
+    """The lines of metrics.jsonl logged up to `step` (a resumed run redoes the later ones). A torn last line
+    (power loss, full disk) is dropped with a note; a broken line elsewhere is an error."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise UserError(f"{path}:{i + 1}: not valid JSON") from None
+            print(f"{path}: dropped a torn last line ({len(line)} characters)")
+            continue
+        if m["step"] <= step:
+            kept.append(line + "\n")
+    return "".join(kept)
+
+def not_found(path, e):
+    """A model path that failed to load -> one line: which path, and why when it is a local folder."""
+    why = f" ({str(e).splitlines()[0]})" if Path(path).exists() else ""
+    return UserError(f"{path}: neither a local model folder nor a reachable hub id{why}")
+
+def load_model(path, device, dtype, trainable):
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    except OSError as e:
+        raise not_found(path, e) from None
+    model.requires_grad_(trainable)
+    return model.eval()
+
+def load_tokenizer(path):
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise not_found(path, e) from None
+
+def stop_hint(out, step):
+    """After Ctrl-C: the step reached, the last checkpoint and the command that resumes; exit code 130."""
+    last = out / (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
+    argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
+    print(f"\ninterrupted during step {step}; last checkpoint: {last}\n"
+          f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
+    sys.exit(130)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
@@ -1152,4 +1344,7 @@ def reward(completion, gold):
         return 0.0
 
 if __name__ == "__main__":
-    main(get_args())
+    try:
+        main(get_args())
+    except UserError as e:  # something the user can fix: one line, no traceback (bugs keep theirs)
+        sys.exit(f"error: {e}")
