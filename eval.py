@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
-from tandem_grpo import (DEMO_DIR, LOGITS_CHUNK, UserError, autocast, eos_ids, load_model, load_problems, pack,
-                         prompt_ids, response_hidden, reward, step_end_mask, tandem_generate, word_start_mask)
+from tandem_grpo import (DEMO_DIR, LOGITS_CHUNK, HelpFormatter, UserError, autocast, eos_ids, load_model,
+                         load_problems, load_tokenizer, pack, prompt_ids, response_hidden, reward, step_end_mask,
+                         tandem_generate, word_start_mask)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Settings (the paper's evaluation sampling is the default)
@@ -50,15 +50,12 @@ def demo_seniors():
 DEMO = dict(junior=str(DEMO_DIR / "model"), data=[str(DEMO_DIR / "test.jsonl")], n=4, max_new_tokens=96, batch=128,
             tf_batch=64, threads=1, out="runs/demo/eval.json")
 
-class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help: the docstring as written, and every flag's default."""
-
 def looks_local(path):
     """A path that cannot be a hub id (OWNER/NAME): it must exist here."""
     return path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)  # docstring as written + defaults
     a = p.add_argument
     a("--senior", action="append", help="model to evaluate, hub id or local folder; repeat the flag for several "
                                         "(--demo: the demo model and the senior its training wrote)")
@@ -223,8 +220,10 @@ def evaluate(senior, junior, tok, problems, args, ws, se, eos, name=""):
     a chain left out)."""
     res = {s: sample_responses(senior, junior, tok, problems, s, args, ws, se, eos, f"{name} {s}") for s in SCHEDULES}
     solo = [x for per_problem in res["solo"] for x in per_problem]
-    chains = [(p, chain_of_thought(len(p), x.pop("response_ids"), x["truncated"])) for x in solo
-              for p in [x.pop("prompt_ids")]]
+    chains = []  # (prompt ids, chain ids or None when left out), one per solo sample
+    for x in solo:
+        p = x.pop("prompt_ids")
+        chains.append((p, chain_of_thought(len(p), x.pop("response_ids"), x["truncated"])))
     kept = [i for i, (_, c) in enumerate(chains) if c is not None]
     tf = teacher_forced(senior, junior, [chains[i] for i in kept], len(tok), tok.pad_token_id, args.tf_batch,
                         f"{name} teacher-forced")
@@ -362,10 +361,10 @@ def main(args):
     names = unique_names(args.data, 1)
     data = {n: load_problems(f)[:args.limit or None] for n, f in zip(names, args.data)}  # validated before models load
     dev = torch.device(args.device)
-    jtok = AutoTokenizer.from_pretrained(args.junior)
+    jtok = load_tokenizer(args.junior)
     toks = {}  # each senior's own tokenizer builds its prompts; ids pass unchanged, so the vocabularies must agree
     for path in args.senior:
-        toks[path] = AutoTokenizer.from_pretrained(path)
+        toks[path] = load_tokenizer(path)
         if toks[path].get_vocab() != jtok.get_vocab():
             raise UserError(f"{path}: its tokenizer's vocabulary differs from the junior's ({args.junior})")
     ws, se = word_start_mask(jtok), step_end_mask(jtok)
