@@ -850,7 +850,7 @@ def test_legibility_is_the_junior_ce_without_eos(tok, monkeypatch):
     p = tg.prompt_ids(tok, probs[0]["problem"])
     logq = j(torch.tensor([p + right + [tok.eos_token_id]])).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
     ce = -logq.gather(1, torch.tensor(right + [tok.eos_token_id])[:, None])[:, 0]   # [len(right) + 1]
-    ws, se, a = tg.word_start_mask(tok), tg.step_end_mask(tok), eval_args(n=1, max_new_tokens=30)
+    ws, se, a = tg.word_start_mask(tok), tg.step_end_mask(tok), eval_args(n=1, max_new_tokens=len(right) + 1)
     for limit, kept in ((len(p) + len(right) + 1, True), (len(p) + len(right), False)):  # prompt + chain >= limit: out
         monkeypatch.setattr(ev, "LEGIBILITY_MAX", limit)
         s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
