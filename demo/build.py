@@ -3,7 +3,7 @@
     python demo/build.py          # from the repo root
 
 Run time: about 6-7 minutes on 2 idle CPU cores (SFT is 625 steps of 64 examples at
-~0.56 s/step); it took 30 minutes when the 2 cores were shared with other jobs.
+~0.56 s/step); 30-60 minutes when the 2 cores are shared with other jobs.
 
 Writes
   demo/model/       a tiny Qwen3ForCausalLM (float32 safetensors) + its Qwen3-style
