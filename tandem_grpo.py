@@ -36,7 +36,7 @@ import sympy as sp
 import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, StaticCache
 
 class UserError(Exception):
     """Something the user can fix (a flag, a path, a data row): printed as one line, never a traceback."""
@@ -92,6 +92,8 @@ def get_args(argv=None):
     a("--demo", action="store_true", help="run the bundled CPU demo (tiny model, toy arithmetic)")
     a("--memory-report", action="store_true", help="print the GPU memory budget for this setting and exit")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    a("--compile", action="store_true", help="rollouts: static-shape decode, captured as CUDA graphs on a GPU "
+      "(appendix); same tokens; off until measured faster on a GPU")
     a("--threads", type=int, default=0, help="CPU threads for torch (0: all cores)")
     argv = sys.argv[1:] if argv is None else argv
     if "--demo" in argv:
@@ -204,9 +206,9 @@ def junior_writes(schedule, p_senior):
     """Does the junior write any token? Always under step; under word/token unless p_senior is 1; never under solo."""
     return schedule == "step" or (schedule in ("word", "token") and p_senior < 1)
 
-def sample(logits, temperature, top_k=0, top_p=1.0):
+def sample(logits, temperature, top_k=0, top_p=1.0, u=None):
     """logits [b, V] -> ids [b]. Inverse-CDF sampling (cumsum + searchsorted) costs ~2 ms over Qwen's 151,936 ids
-    on a CPU where torch.multinomial costs ~32 ms. temperature 0 is greedy."""
+    on a CPU where torch.multinomial costs ~32 ms. temperature 0 is greedy. u [b, 1]: uniforms (drawn here if None)."""
     if temperature == 0:
         return logits.argmax(-1)
     logits, ids = logits.float() / temperature, None
@@ -218,7 +220,7 @@ def sample(logits, temperature, top_k=0, top_p=1.0):
             probs, ids = probs.sort(-1, descending=True)
         probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0)  # smallest prefix with mass >= top_p
     cdf = probs.cumsum(-1)                                             # [b, V]
-    u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]  # uniform in [0, total mass)
+    u = (torch.rand(cdf.shape[0], 1, device=cdf.device) if u is None else u) * cdf[:, -1:]  # in [0, mass)
     pick = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1).squeeze(1)
     return pick if ids is None else ids.gather(1, pick[:, None]).squeeze(1)
 
@@ -260,7 +262,7 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
     eos = torch.tensor(sorted(eos_ids), device=dev)
     word_start = word_start.to(dev) if word_start is not None else None
     step_end = step_end.to(dev) if step_end is not None else None
-    coin = lambda n: torch.rand(n, device=dev) < p_senior
+    coin = lambda: torch.rand(B, device=dev)[row] < p_senior  # drawn for all B rows: the static path's stream
 
     ids, attn = left_pad(prompts, pad_id, dev)                                # [B, P]
     pos = (attn.cumsum(1) - 1).clamp(min=0)                                    # position ids for left padding
@@ -273,7 +275,7 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
     length = torch.full((B,), max_new_tokens, device=dev)
     truncated = torch.ones(B, dtype=torch.bool, device=dev)
     row = torch.arange(B, device=dev)                   # original index of each still-running row
-    senior_turn = coin(B) if schedule in ("word", "token") else torch.ones(B, dtype=torch.bool, device=dev)
+    senior_turn = coin() if schedule in ("word", "token") else torch.ones(B, dtype=torch.bool, device=dev)
     gap = torch.zeros(B, dtype=torch.long, device=dev)  # tokens since the last redraw (word schedule)
     turns = torch.ones(B, dtype=torch.long, device=dev)  # turns so far (step schedule)
     after_newline = torch.zeros(B, dtype=torch.bool, device=dev)  # this turn's last token ended with '\n' (step)
@@ -283,16 +285,17 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
         for m, h, who in zip(models, hid, (senior_turn, ~senior_turn)):
             if who.any():
                 logits[who] = m.get_output_embeddings()(h[who])[:, :n_vocab].float()
-        tok = sample(logits, temperature, top_k, top_p)                       # [b]
+        u = torch.rand(B, 1, device=dev)[row] if temperature else None        # [b, 1]
+        tok = sample(logits, temperature, top_k, top_p, u)                    # [b]
         tokens[row, t], by_senior[row, t] = tok, senior_turn
         # 2. who writes the next token
         if schedule == "word":
             gap += 1
             redraw = word_start[tok] | (gap >= max_gap)
-            senior_turn = torch.where(redraw, coin(len(row)), senior_turn)
+            senior_turn = torch.where(redraw, coin(), senior_turn)
             gap = torch.where(redraw, 0, gap)
         elif schedule == "token":
-            senior_turn = coin(len(row))
+            senior_turn = coin()
         elif schedule == "step":
             swap = step_end[tok, 0] | (step_end[tok, 1] & after_newline)   # a blank line ends the turn
             after_newline = step_end[tok, 2] & ~swap
@@ -399,12 +402,12 @@ def rollout(senior, junior, tok, problems, args, word_start, step_end):
         jobs += [(p, ids)] * args.group_size
     for i in range(0, len(jobs), args.gen_batch):
         chunk = jobs[i:i + args.gen_batch]
+        generate = static_generate if args.compile else tandem_generate  # --compile: see its appendix
         with autocast(dev):
-            gen = tandem_generate(senior, junior, [ids for _, ids in chunk], eos_ids=eos_ids(tok, senior),
-                                  pad_id=tok.pad_token_id, n_vocab=len(tok), word_start=word_start,
-                                  step_end=step_end, schedule=args.schedule, p_senior=args.p_senior,
-                                  max_gap=args.max_gap, max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature)
+            gen = generate(senior, junior, [ids for _, ids in chunk], eos_ids=eos_ids(tok, senior),
+                           pad_id=tok.pad_token_id, n_vocab=len(tok), word_start=word_start,
+                           step_end=step_end, schedule=args.schedule, p_senior=args.p_senior,
+                           max_gap=args.max_gap, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
         for j, (p, ids) in enumerate(chunk):
             n = int(gen["mask"][j].sum())
             resp, by_senior = gen["tokens"][j, :n].tolist(), gen["senior"][j, :n].tolist()
@@ -679,7 +682,7 @@ def park(opt, junior, phase, args):
         for k, v in state.items():
             if torch.is_tensor(v) and v.dim():
                 state[k] = v.to(dev, non_blocking=True)
-    if junior is not None and not args.kl_coef:
+    if junior is not None and not args.kl_coef and not args.compile:  # --compile: its graph holds the junior's address
         junior.to("cuda" if phase == "rollout" else "cpu")
 
 def memory_report(args):
@@ -718,6 +721,113 @@ def memory_report(args):
     peak = max(sum(r[1] for r in rows), sum(r[2] for r in rows))
     print(f"  {'total':60s}{gib(sum(r[1] for r in rows))}{gib(sum(r[2] for r in rows))}   peak {peak / 2**30:.1f} GiB")
     return peak
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: static-shape decode (--compile, for CUDA graphs; not part of the method)
+# tandem_generate changes shapes every step (both caches grow by one, finished rows leave the batch) and asks the
+# GPU a yes/no question per token (any row still running?), so Python issues each of a step's ~3,700 kernels one by
+# one for two 36-layer models: on a GPU that decode is bound by the CPU. static_generate writes the same tokens with
+# shapes that never change, so torch.compile(mode="reduce-overhead") can capture both models reading a token as one
+# CUDA graph and replay it every step:
+#   both KV caches are preallocated for L >= P + T positions (transformers' StaticCache): the attention mask is
+#       [B, L] from the first step, and the positions not yet written are hidden by the causal mask
+#   all B rows run every step; a finished row keeps decoding, but nothing it writes is recorded (live[b] False)
+#   both output layers run on all rows and each row keeps its author's logits; the coins and the sampler draw for
+#       all B rows, as tandem_generate does, so the two paths give the same tokens for the same seed
+#   "has every row ended?" is asked every `check_every` steps: no host<->device sync per token
+# Same arguments and returns as tandem_generate. It may draw up to check_every - 1 extra steps of random numbers
+# after the last row ends: the tokens are the same, the random stream after the call is not. On CUDA the caches are
+# kept between calls (reset, not reallocated) so the captured graph's addresses stay valid; on CPU nothing is
+# compiled (the tests check that this path equals tandem_generate there).
+
+STATIC = {}  # (model id, B, L) -> its StaticCache, kept between calls on CUDA; "read" -> the compiled read_token
+
+def read_token(models, caches, tok, attn, pos):
+    """Every model reads one token per row: tok [B, 1], attn [B, L], pos [B, 1] -> [hidden [B, H] per model]."""
+    return [last_hidden(m, tok, attn, pos, c) for m, c in zip(models, caches)]
+
+def static_cache(model, B, L, keep):
+    """A StaticCache of L positions for B rows; on CUDA the same one again for the same (model, B, L), emptied."""
+    if not keep:
+        return StaticCache(config=model.config, max_cache_len=L)
+    cache = STATIC.setdefault((id(model), B, L), StaticCache(config=model.config, max_cache_len=L))
+    cache.reset()
+    return cache
+
+@torch.no_grad()
+def static_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_start=None, step_end=None,
+                    schedule="word", p_senior=0.5, max_gap=32, max_new_tokens=3000, max_turns=0,
+                    temperature=0.6, top_k=0, top_p=1.0, compile=None, check_every=16):
+    """tandem_generate with fixed shapes (see above). compile: capture the decode step with torch.compile
+    (default: on CUDA only)."""
+    dev, B, T = next(senior.parameters()).device, len(prompts), max_new_tokens
+    compile = dev.type == "cuda" if compile is None else compile
+    if junior is None or not junior_writes(schedule, p_senior):
+        junior, schedule = None, "solo"
+    models = [senior] if junior is None else [senior, junior]
+    heads = [m.get_output_embeddings() for m in models]
+    eos = torch.tensor(sorted(eos_ids), device=dev)
+    word_start = word_start.to(dev) if word_start is not None else None
+    step_end = step_end.to(dev) if step_end is not None else None
+    coin = lambda: torch.rand(B, device=dev) < p_senior
+    if compile and "read" not in STATIC:
+        STATIC["read"] = torch.compile(read_token, mode="reduce-overhead", fullgraph=True)
+    read = STATIC["read"] if compile else read_token
+
+    ids, attn = left_pad(prompts, pad_id, dev)                                # [B, P]
+    P = ids.shape[1]
+    L = -(-(P + T) // 256) * 256                                               # rounded up: fewer shapes to capture
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    caches = [static_cache(m, B, L, keep=compile) for m in models]
+    hid = [last_hidden(m, ids, attn, pos, c) for m, c in zip(models, caches)]  # the prompt, not captured: [B, H]
+    attn = torch.cat([attn, attn.new_ones(B, L - P)], 1)                       # [B, L], the same every step
+    pos = pos[:, -1:] + 1                                                      # [B, 1]
+
+    tokens = torch.full((B, T), pad_id, dtype=torch.long, device=dev)
+    by_senior = torch.zeros(B, T, dtype=torch.bool, device=dev)
+    length = torch.full((B,), T, device=dev)
+    truncated = torch.ones(B, dtype=torch.bool, device=dev)
+    live = torch.ones(B, dtype=torch.bool, device=dev)                        # rows still writing their response
+    senior_turn = coin() if schedule in ("word", "token") else torch.ones(B, dtype=torch.bool, device=dev)
+    gap = torch.zeros(B, dtype=torch.long, device=dev)
+    turns = torch.ones(B, dtype=torch.long, device=dev)
+    after_newline = torch.zeros(B, dtype=torch.bool, device=dev)
+    for t in range(T):
+        # 1. both output layers on every row; each row keeps its author's logits                [B, V]
+        logits = heads[0](hid[0])[:, :n_vocab].float()
+        if junior is not None:
+            logits = torch.where(senior_turn[:, None], logits, heads[1](hid[1])[:, :n_vocab].float())
+        u = torch.rand(B, 1, device=dev) if temperature else None
+        tok = sample(logits, temperature, top_k, top_p, u)                     # [B]
+        tokens[:, t] = torch.where(live, tok, pad_id)
+        by_senior[:, t] = senior_turn & live
+        # 2. who writes the next token: tandem_generate's rules, on every row
+        if schedule == "word":
+            gap += 1
+            redraw = word_start[tok] | (gap >= max_gap)
+            senior_turn = torch.where(redraw, coin(), senior_turn)
+            gap = torch.where(redraw, 0, gap)
+        elif schedule == "token":
+            senior_turn = coin()
+        elif schedule == "step":
+            swap = step_end[tok, 0] | (step_end[tok, 1] & after_newline)
+            after_newline = step_end[tok, 2] & ~swap
+            senior_turn, turns = senior_turn ^ swap, turns + swap.long()
+        # 3. rows that end here stop being recorded (they keep their place in the batch)
+        eos_hit = torch.isin(tok, eos) & live
+        done = eos_hit | ((turns > max_turns) & live if max_turns else False)
+        truncated &= ~eos_hit
+        length = torch.where(done, t + 1, length)
+        live &= ~done
+        if t == T - 1 or ((t + 1) % check_every == 0 and not live.any()):     # the only host sync
+            break
+        # 4. both models read the token: one graph replay when compiled
+        hid = read(models, caches, tok[:, None], attn, pos)
+        pos = pos + 1
+    mask = torch.arange(T, device=dev)[None] < length[:, None]
+    T = int(length.max())
+    return dict(tokens=tokens[:, :T].masked_fill(~mask[:, :T], pad_id), senior=by_senior[:, :T] & mask[:, :T],
+                mask=mask[:, :T], truncated=truncated)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: plumbing (files that survive a crash, one-line errors, --help; not part of the method)

@@ -59,10 +59,11 @@ def prompts(tok, n=4):
     probs = ["What is 12 + 34?", "Add 1 and 3.", "What is 4?", "Hence the sum of the ones is what value?"]
     return [tg.prompt_ids(tok, probs[i % 4]) for i in range(n)]
 
-def gen(tok, senior, junior, **kw):
+def gen(tok, senior, junior, static=False, **kw):
     kw = dict(dict(eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id, n_vocab=len(tok),
                    word_start=tg.word_start_mask(tok), max_new_tokens=40, temperature=1.0), **kw)
-    return tg.tandem_generate(senior, junior, kw.pop("prompts", None) or prompts(tok), **kw)
+    generate = tg.static_generate if static else tg.tandem_generate
+    return generate(senior, junior, kw.pop("prompts", None) or prompts(tok), **kw)
 
 class Counting(torch.nn.Module):
     """Wraps a model's body to count forward calls (to prove the junior never runs)."""
@@ -272,6 +273,74 @@ def test_step_schedule_max_turns(tok, senior, junior):
     g = gen(tok, senior, junior, schedule="step", step_end=se, max_turns=3, max_new_tokens=40)
     assert (g["mask"].sum(1) <= 3).all() and g["truncated"][g["mask"].sum(1) == 3].all()
     assert g["senior"][:, 0].all() and not g["senior"][:, 1].any()
+
+# ------------------------------------------------------------------------------------------------------------------
+# the static-shape decode (--compile): on CPU, exactly tandem_generate's tokens, authors, masks and truncation
+
+class EndWhen(torch.nn.Module):
+    """An output layer that adds by * h[unit] to the EOS logit: the end depends on the context, so rows (greedy ones
+    too) end at different steps."""
+    def __init__(self, head, eos, by=3.0, unit=2):
+        super().__init__()
+        self.head, self.eos, self.by, self.unit = head, eos, by, unit
+    def forward(self, h):
+        out = self.head(h)
+        out[..., self.eos] += self.by * h[..., self.unit]
+        return out
+
+@pytest.fixture(scope="module")
+def enders(tok):
+    """Senior and junior whose rows end at mixed steps (greedy and sampled) and who write blank lines often."""
+    blank = tok.get_vocab()["ĊĊ"]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = (Boost(EndWhen(m.lm_head, tok.eos_token_id), [blank], 1.5) for m in (s, j))
+    return s, j
+
+def both_paths(tok, s, j, seed, **kw):
+    """(tandem_generate, static_generate) on the same seed; check_every=4 makes the static loop run past the end."""
+    torch.manual_seed(seed)
+    ref = gen(tok, s, j, **kw)
+    torch.manual_seed(seed)
+    return ref, gen(tok, s, j, static=True, check_every=4, **kw)
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+@pytest.mark.parametrize("schedule", ["word", "token", "step", "solo"])
+def test_static_decode_gives_the_same_rollouts(tok, enders, schedule, temperature):
+    s, j = enders
+    ref, out = both_paths(tok, s, j, seed=0, schedule=schedule, temperature=temperature, prompts=prompts(tok, 8),
+                          step_end=tg.step_end_mask(tok), max_new_tokens=30)
+    for k in ("tokens", "senior", "mask", "truncated"):
+        assert torch.equal(out[k], ref[k]), k
+    lengths = ref["mask"].sum(1)
+    assert (~ref["truncated"]).any() and len(set(lengths.tolist())) >= 2  # rows do end early, at different steps
+    if schedule != "solo":
+        assert ref["senior"].any() and (ref["mask"] & ~ref["senior"]).any()  # both authors wrote
+
+def test_static_decode_step_max_turns(tok, enders):
+    s, j = enders
+    se = torch.ones(len(tok), 3, dtype=torch.bool)  # every token holds a blank line: turns are single tokens
+    for temperature in (0, 1.0):
+        ref, out = both_paths(tok, s, j, seed=1, schedule="step", step_end=se, max_turns=3,
+                              temperature=temperature, prompts=prompts(tok, 8))
+        for k in ("tokens", "senior", "mask", "truncated"):
+            assert torch.equal(out[k], ref[k]), k
+        stopped = ref["truncated"] & (ref["mask"].sum(1) == 3)  # cut by the turn budget, not by EOS
+        assert stopped.any() and (ref["mask"].sum(1) <= 3).all()
+
+def test_compile_flag_routes_rollouts_through_the_static_path(tok, monkeypatch):
+    assert tg.get_args(["--data", "x"]).compile is False and tg.get_args(["--data", "x", "--compile"]).compile
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    calls = []
+    static = tg.static_generate
+    monkeypatch.setattr(tg, "static_generate", lambda *a, **k: calls.append(1) or static(*a, **k))
+    problems = [dict(problem="What is 12 + 34?", answer="46"), dict(problem="Add 1 and 3.", answer="4")]
+    ro = {}
+    for flag in ([], ["--compile"]):
+        args = tg.get_args(["--data", "x", "--group-size", "2", "--gen-batch", "3", "--max-new-tokens", "12",
+                            "--temperature", "1.0", *flag])
+        torch.manual_seed(0)
+        ro[bool(flag)] = tg.rollout(s, j, tok, problems, args, tg.word_start_mask(tok), None)
+    assert len(calls) == 2 and ro[True] == ro[False]  # two generation batches (3 + 1 rollouts), the same rollouts
 
 # ------------------------------------------------------------------------------------------------------------------
 # advantages and the loss
