@@ -701,13 +701,15 @@ def memory_report(args):
     S, tandem = args.max_prompt_tokens + args.max_new_tokens, junior_writes(args.schedule, args.p_senior)
     junior_rollout, junior_update = tandem or args.kl_coef > 0, args.kl_coef > 0  # as park() places it
     tok_mb = args.micro_batch * S                                   # tokens in one training micro-batch
+    kv_bytes = args.gen_batch * S * 2 * L * kv * 2 * (1 + tandem)   # both KV caches, full length
     rows = [("senior weights, float32 master copy", 4 * n, 4 * n),
             ("senior bf16 copy (autocast cache)", 2 * n, 0),
             ("senior gradients, float32", 0, 4 * n),
             ("AdamW moments, float32 (2 a weight)", 0, 8 * n),
-            ("junior weights, bf16", 2 * n * junior_rollout, 2 * n * junior_update),
-            (f"KV caches: {args.gen_batch} rollouts x {S} tokens x {1 + tandem} models, bf16",
-             args.gen_batch * S * 2 * L * kv * 2 * (1 + tandem), 0),
+            ("junior weights, bf16", 2 * n * junior_rollout, 2 * n * (junior_update or junior_rollout * args.compile)),
+            (f"KV caches: {args.gen_batch} rollouts x {S} tokens x {1 + tandem} models, "
+             f"{'kept' if args.compile else 'bf16'}",
+             kv_bytes, kv_bytes * args.compile),
             (f"prompt prefill, one layer's temporaries ({args.max_prompt_tokens}-token prompts)",
              args.gen_batch * args.max_prompt_tokens * (3 * I * 2 + 3 * H * 4), 0),
             (f"checkpointed layer inputs: {args.micro_batch} x {S} tokens x {L} layers, fp32", 0, L * tok_mb * H * 4),
@@ -728,7 +730,8 @@ def memory_report(args):
 # GPU a yes/no question per token (any row still running?), so Python issues each of a step's ~3,700 kernels one by
 # one for two 36-layer models: on a GPU that decode is bound by the CPU. static_generate writes the same tokens with
 # shapes that never change, so torch.compile(mode="reduce-overhead") can capture both models reading a token as one
-# CUDA graph and replay it every step:
+# CUDA graph and replay it every step (the output layers, sampling and the author rule stay eager: a few dozen small
+# kernels a step, none of which waits for the GPU):
 #   both KV caches are preallocated for L >= P + T positions (transformers' StaticCache): the attention mask is
 #       [B, L] from the first step, and the positions not yet written are hidden by the causal mask
 #   all B rows run every step; a finished row keeps decoding, but nothing it writes is recorded (live[b] False)
@@ -737,22 +740,29 @@ def memory_report(args):
 #   "has every row ended?" is asked every `check_every` steps: no host<->device sync per token
 # Same arguments and returns as tandem_generate. It may draw up to check_every - 1 extra steps of random numbers
 # after the last row ends: the tokens are the same, the random stream after the call is not. On CUDA the caches are
-# kept between calls (reset, not reallocated) so the captured graph's addresses stay valid; on CPU nothing is
-# compiled (the tests check that this path equals tandem_generate there).
+# kept between calls (emptied, not reallocated) and the junior is not parked (park), so the captured graph's
+# addresses stay valid: both stay on the GPU during updates (see --memory-report). On CPU nothing is compiled, and
+# the tests check that this path gives tandem_generate's tokens, authors and ends. Not yet measured on a GPU.
 
-STATIC = {}  # (model id, B, L) -> its StaticCache, kept between calls on CUDA; "read" -> the compiled read_token
+STATIC = {}  # on CUDA, kept between calls: (model id, B) -> (L, its StaticCache); "read" -> compiled read_token
 
 def read_token(models, caches, tok, attn, pos):
     """Every model reads one token per row: tok [B, 1], attn [B, L], pos [B, 1] -> [hidden [B, H] per model]."""
     return [last_hidden(m, tok, attn, pos, c) for m, c in zip(models, caches)]
 
-def static_cache(model, B, L, keep):
-    """A StaticCache of L positions for B rows; on CUDA the same one again for the same (model, B, L), emptied."""
+def static_caches(models, B, L, keep):
+    """-> (one empty StaticCache per model, B rows x L' positions; L'). keep (CUDA): the caches are kept between calls
+    and only ever grow (a longer cache serves a shorter batch, masked), so the captured graph's addresses and shapes
+    settle after the first few calls."""
     if not keep:
-        return StaticCache(config=model.config, max_cache_len=L)
-    cache = STATIC.setdefault((id(model), B, L), StaticCache(config=model.config, max_cache_len=L))
-    cache.reset()
-    return cache
+        return [StaticCache(config=m.config, max_cache_len=L) for m in models], L
+    L = max([L] + [STATIC[id(m), B][0] for m in models if (id(m), B) in STATIC])
+    for m in models:
+        if STATIC.get((id(m), B), (0,))[0] < L:
+            STATIC.pop((id(m), B), None)  # free the shorter one first
+            STATIC[id(m), B] = (L, StaticCache(config=m.config, max_cache_len=L))
+        STATIC[id(m), B][1].reset()
+    return [STATIC[id(m), B][1] for m in models], L
 
 @torch.no_grad()
 def static_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_start=None, step_end=None,
@@ -778,7 +788,7 @@ def static_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
     P = ids.shape[1]
     L = -(-(P + T) // 256) * 256                                               # rounded up: fewer shapes to capture
     pos = (attn.cumsum(1) - 1).clamp(min=0)
-    caches = [static_cache(m, B, L, keep=compile) for m in models]
+    caches, L = static_caches(models, B, L, keep=compile)
     hid = [last_hidden(m, ids, attn, pos, c) for m, c in zip(models, caches)]  # the prompt, not captured: [B, H]
     attn = torch.cat([attn, attn.new_ones(B, L - P)], 1)                       # [B, L], the same every step
     pos = pos[:, -1:] + 1                                                      # [B, 1]
