@@ -58,7 +58,7 @@ def args_for(**kw):
 
 # ------------------------------------------------------------------------------------------------------------------
 def cpu_bench(a):
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     V = 151936  # Qwen3's output layer; here the tokenizer is taken to be as wide, so no ids are masked
     cfg = Qwen3Config(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -290,6 +290,7 @@ if __name__ == "__main__":
     p.add_argument("--paper", action="store_true", help="GPU slice of the paper's step (see the docstring)")
     p.add_argument("--reward", action="store_true", help="time the answer checker")
     p.add_argument("--decode", action="store_true", help="CPU: only the eager vs static decode ms/step")
+    p.add_argument("--threads", type=int, default=2, help="CPU: torch threads")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--prompt-len", type=int, default=128)
