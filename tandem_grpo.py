@@ -92,6 +92,10 @@ def get_args(argv=None):
     a("--demo", action="store_true", help="run the bundled CPU demo (tiny model, toy arithmetic)")
     a("--memory-report", action="store_true", help="print the GPU memory budget for this setting and exit")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    a("--fsdp", action=argparse.BooleanOptionalAction, help="shard the senior with FSDP2 (default: on with >1 ranks)")
+    a("--shard-junior", action="store_true", help="with --fsdp, shard the junior too (gathered for rollouts only)")
+    a("--timeout", type=float, default=30, help="minutes a rank waits for the others before the whole job stops")
+    a("--nproc", type=int, default=1, help="--memory-report: the budget of one of this many ranks (FSDP2)")
     a("--threads", type=int, default=0, help="CPU threads for torch (0: all cores)")
     argv = sys.argv[1:] if argv is None else argv
     if "--demo" in argv:
@@ -104,12 +108,12 @@ def get_args(argv=None):
             ("p-senior", 0 <= args.p_senior <= 1, "in [0, 1]"),
             ("clip-low", 0 <= args.clip_low < 1, "in [0, 1)"), ("clip-high", args.clip_high >= 0, ">= 0"),
             ("clip-c", args.clip_c == 0 or args.clip_c > 1, "0 (off) or > 1"),
-            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"),
+            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"), ("timeout", args.timeout > 0, "> 0"),
             ("max-gap", args.max_gap >= 1, ">= 1"),
             ("kl-coef", args.kl_coef >= 0, ">= 0"), ("junior-token-weight", args.junior_token_weight >= 0, ">= 0"),
             *[(n.replace("_", "-"), getattr(args, n) >= 1, ">= 1") for n in (
                 "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
-                "max_prompt_tokens")],
+                "max_prompt_tokens", "nproc")],
             *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
                 "save_every", "val_size", "val_every", "log_every", "show_every", "threads")]]:
         if not ok:
@@ -376,8 +380,8 @@ def grpo_loss(logp, old_logp, adv, n_tokens, clip_low=0.2, clip_high=0.2, ref_lo
 # One training step: rollouts -> rewards -> advantages -> two clipped-loss updates
 
 def autocast(device):
-    """bf16 matmuls on CUDA over float32 master weights; plain float32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    """bf16 matmuls on CUDA over float32 master weights; plain float32 on CPU (and under FSDP2, which casts itself)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not FSDP_CASTS else nullcontext()
 
 def pack(rollouts, pad_id, device):
     """Rollouts -> ids, attn [b, P+T] (prompts left-padded to P, responses right-padded to T), P, senior [b, T]."""
@@ -437,11 +441,12 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
                 lp = response_logprobs(junior, ids, attn, P, weight > 0, n_vocab, args.temperature)
                 ref.update(zip(rows, lp.split(counted_per_row)))
     senior.train()  # gradient checkpointing is active in train mode only
+    update_mode([senior, junior], True)  # FSDP2: gather each layer for its forward/backward only (appendix)
     stats = dict(loss=0.0, clip_frac=0.0, grad_norm=0.0, skipped=0)
-    mb = args.mini_batch_prompts * args.group_size
+    mb = args.mini_batch_prompts // world() * args.group_size  # this rank's share of a mini-batch's rollouts
     for start in range(0, len(idx), mb):
         rows_mb = idx[start:start + mb]
-        n_tokens = max(1e-8, sum(1.0 if s else w_junior for i in rows_mb for s in rollouts[i]["senior"]))
+        n_tokens = max(1e-8, all_sum(sum(1.0 if s else w_junior for i in rows_mb for s in rollouts[i]["senior"])))
         for rows in micro(rows_mb):
             ids, attn, P, weight = batch(rows)
             cat = lambda d: torch.cat([d[i] for i in rows]).to(dev)
@@ -456,6 +461,7 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
                 ratio = torch.exp(lp - cat(old))
                 clipped = (ratio < 1 - args.clip_low) | (ratio > 1 + args.clip_high)
                 stats["clip_frac"] += (clipped * weight[weight > 0]).sum().item() / n_tokens
+        sum_grads(senior)  # N ranks without FSDP2: add their gradients up (appendix)
         norm = torch.nn.utils.clip_grad_norm_(senior.parameters(), args.grad_clip)
         finite = bool(torch.isfinite(norm))
         if finite:  # a NaN/inf gradient never reaches the weights: the update is skipped (verl's rule)
@@ -468,8 +474,9 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
             raise UserError("3 updates in a row had a non-finite gradient norm; stopping (the weights are "
                             "untouched since the last good update): lower --lr or check the data")
     senior.eval()
+    update_mode([senior, junior], False)  # FSDP2: gather the whole senior once for the next rollouts
     n_updates = math.ceil(len(idx) / mb)
-    return dict(loss=stats["loss"] / n_updates, clip_frac=stats["clip_frac"] / n_updates,
+    return dict(loss=all_sum(stats["loss"]) / n_updates, clip_frac=all_sum(stats["clip_frac"]) / n_updates,
                 grad_norm=stats["grad_norm"] / max(1, n_updates - stats["skipped"]), skipped=stats["skipped"],
                 skipped_in_a_row=skipped_in_a_row)
 
@@ -505,6 +512,8 @@ def show_rollout(tok, problem, r, color):
 # Checkpoints: written to a temporary folder, fsynced, renamed into place (atomic); `latest` names the newest
 
 def save_checkpoint(out, step, senior, tok, opt):
+    if world() > 1:  # torchrun: the same folder, written by all ranks together (appendix)
+        return save_checkpoint_ranks(out, step, senior, tok, opt)
     if not all(torch.isfinite(p).all() for p in senior.parameters()):
         raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
     final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
@@ -528,6 +537,8 @@ def load_checkpoint(out, senior, opt):
     if not (out / "latest").exists():
         return 0
     folder = out / (out / "latest").read_text().strip()
+    if world() > 1 or (folder / "optim").exists():  # read by, or written by, N ranks (appendix)
+        return load_checkpoint_ranks(folder, senior, opt)
     state = torch.load(folder / "trainer.pt", weights_only=False)
     senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
     opt.load_state_dict(state["optimizer"])
@@ -591,6 +602,7 @@ def main(args):
         torch.set_num_threads(args.threads)  # a tiny model runs 3-4x faster on one thread than on two busy ones
     if args.memory_report:
         return memory_report(args)
+    start_ranks(args)  # under torchrun: one process a GPU (appendix)
     if not args.data:
         raise UserError("--data is required (or --demo)")
     out = Path(args.out)
@@ -616,39 +628,43 @@ def main(args):
     junior = load_model(args.junior or args.model, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
                         trainable=False) if need_junior else None
     senior.activation_checkpointing_enable({"use_reentrant": False})     # active in train mode only
+    distribute(senior, junior, args)  # N ranks: FSDP2 shards the senior (appendix)
     opt = torch.optim.AdamW(senior.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             fused=dev.type == "cuda")
     word_start = word_start_mask(tok)
     step_end = step_end_mask(tok) if args.schedule == "step" else None
     if args.demo:  # measured on the base model, before any checkpoint is loaded
         test = load_problems(DEMO_DIR / "test.jsonl")
-        before = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+        before = split_solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
     start = load_checkpoint(out, senior, opt)
-    if args.resume:  # forget what was logged after the checkpoint: those steps are redone
+    if args.resume and rank() == 0:  # forget what was logged after the checkpoint: those steps are redone
         if not start:
             print(f"--resume: no checkpoint in {out} yet, starting from step 0")
         write_atomic(out / "metrics.jsonl", metrics_upto(out / "metrics.jsonl", start))
     log, skipped_in_a_row, step = open(out / "metrics.jsonl", "a"), 0, start
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train")
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", disable=rank() > 0)
     try:
         for step in bar:
             t_step = time.time()
             batch = [problems[i] for i in problems_for_step(len(problems), step, args.prompts_per_step, args.seed)]
+            batch = batch[rank()::world()]  # N ranks: dealt by whole groups, each rank a share of every mini-batch
             park(opt, junior, "rollout", args)
             rollouts = rollout(senior, junior, tok, batch, args, word_start, step_end)
             t_gen = time.time() - t_step
             park(opt, junior, "update", args)
-            m = dict(step=step + 1, **rollout_metrics(rollouts, args.group_size),
+            m = dict(step=step + 1, **rollout_metrics(all_rollouts(rollouts), args.group_size),
                      **train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row))
             skipped_in_a_row = m.pop("skipped_in_a_row")
             if val and args.val_every and ((step + 1) % args.val_every == 0 or step + 1 == args.steps):
-                m["val_solo"] = solo_accuracy(senior, tok, val, max_new_tokens=args.max_new_tokens, seed=args.seed)
+                m["val_solo"] = split_solo_accuracy(senior, tok, val, max_new_tokens=args.max_new_tokens,
+                                                    seed=args.seed)
             m.update(gen_s=t_gen, step_s=time.time() - t_step)
-            log.write(json.dumps(m) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
+            if rank() == 0:  # one log (its numbers are already over all ranks)
+                log.write(json.dumps(m) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
             bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['resp_len']:.0f}",
                             **({"val": f"{m['val_solo']:.3f}"} if "val_solo" in m else {}))
             if args.log_every and (step + 1) % args.log_every == 0:
@@ -661,7 +677,7 @@ def main(args):
         bar.close()
         stop_hint(out, step + 1)
     if args.demo:
-        after = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+        after = split_solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
         print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
               f"(n={len(test)} held-out problems, {time.time() - t0:.0f} s); wrote {out}/ (metrics.jsonl, "
               f"{(out / 'latest').read_text().strip()}/)")
@@ -675,11 +691,11 @@ def park(opt, junior, phase, args):
     if args.device != "cuda":
         return
     dev = "cpu" if phase == "rollout" else "cuda"
-    for state in opt.state.values():
+    for state in opt.state.values() if not args.fsdp else []:  # FSDP2 shards AdamW instead (1/N a rank)
         for k, v in state.items():
             if torch.is_tensor(v) and v.dim():
                 state[k] = v.to(dev, non_blocking=True)
-    if junior is not None and not args.kl_coef:
+    if junior is not None and not args.kl_coef and not (args.fsdp and args.shard_junior):
         junior.to("cuda" if phase == "rollout" else "cpu")
 
 def memory_report(args):
@@ -718,6 +734,182 @@ def memory_report(args):
     peak = max(sum(r[1] for r in rows), sum(r[2] for r in rows))
     print(f"  {'total':60s}{gib(sum(r[1] for r in rows))}{gib(sum(r[2] for r in rows))}   peak {peak / 2**30:.1f} GiB")
     return peak
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: more than one GPU (torchrun, FSDP2; not part of the method)
+# `torchrun --nproc_per_node N tandem_grpo.py ...` starts N processes (ranks), one a GPU. Each step's prompts are
+# dealt to the ranks by whole groups (batch[rank::N]); each rank co-writes and grades its own rollouts with its own
+# junior. The token-mean's denominator is summed over the ranks before any backward, so the ranks' gradients add up
+# to exactly the gradient of one process holding every rollout. With --fsdp (the default on N > 1 ranks) FSDP2
+# shards the senior's float32 weights, gradients and AdamW state over the ranks: each decoder layer is one group,
+# the root (embeddings, final norm, output layer) another. In updates a group is gathered for its forward and
+# backward and freed after; between updates (rollouts, validation) the whole senior is gathered once and kept, so
+# no collective runs per token and the ranks may decode different lengths. Without --fsdp every rank holds the whole
+# senior and the gradients are summed by one all-reduce (plain data parallelism). One process: none of this runs.
+from datetime import timedelta
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+FSDP_CASTS = False  # True once FSDP2 runs the senior in bf16 on CUDA by its own policy: autocast() then stays off
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+def start_ranks(args):
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, gloo on CPU) with a timeout, so a rank
+    that stopped takes the job down instead of hanging it; one GPU a rank; only rank 0 prints."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=args.timeout))
+    if args.mini_batch_prompts % world():
+        raise UserError(f"--mini-batch-prompts {args.mini_batch_prompts} must be a multiple of the {world()} ranks "
+                        "(each rank takes an equal share of every mini-batch)")
+    args.fsdp = True if args.fsdp is None else args.fsdp
+    if rank():
+        sys.stdout = open(os.devnull, "w")
+
+def stop_ranks():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+def all_sum(x):
+    """A number summed over the ranks (float64; itself on one process)."""
+    if world() == 1:
+        return x
+    t = torch.tensor(float(x), dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return t.item()
+
+def all_rollouts(rollouts):
+    """Every rank's rollouts, in rank order (for metrics: the same numbers one process would log)."""
+    if world() == 1:
+        return rollouts
+    out = [None] * world()
+    dist.all_gather_object(out, rollouts)
+    return [r for part in out for r in part]
+
+def sum_grads(senior):
+    """Without FSDP2 on N ranks: add the ranks' gradients up (each is a share of the same token-mean)."""
+    if world() > 1 and not isinstance(senior, FSDPModule):
+        for p in senior.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+
+def split_solo_accuracy(model, tok, problems, **kw):
+    """solo_accuracy over all ranks: each rank answers every N-th problem, the mean is over all of them."""
+    mine = problems[rank()::world()]
+    return all_sum(solo_accuracy(model, tok, mine, **kw) * len(mine) if mine else 0.0) / len(problems)
+
+def shard(model, args):
+    """FSDP2 in place: one group per decoder layer, then the root. bf16 compute and float32 master weights and
+    gradient reduction on CUDA (FSDP2's MixedPrecisionPolicy instead of autocast); float32 throughout on CPU, like
+    one process there. Gradients are summed over the ranks, not averaged: the token-mean already divides by every
+    rank's tokens."""
+    global FSDP_CASTS
+    cuda = args.device.startswith("cuda")
+    FSDP_CASTS = FSDP_CASTS or cuda
+    mesh = init_device_mesh("cuda" if cuda else "cpu", (world(),))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if cuda else None, reduce_dtype=torch.float32)
+    for layer in model.get_decoder().layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
+    for name in ("get_decoder", "get_output_embeddings"):  # the story calls these, never model(...): the root's
+        register_fsdp_forward_method(model, name)          # parameters are gathered when they are fetched
+    model.get_decoder()  # FSDP2 takes the first module that runs as its root: make that the whole model
+    model.reshard()  # the optimizer must be built on the shards; the first forward gathers each group and keeps it
+    model.set_reshard_after_forward(False)
+
+def distribute(senior, junior, args):
+    """N ranks: shard the senior (and with --shard-junior the junior) with --fsdp; then each rank draws its own
+    random stream (its own coins and samples)."""
+    if world() == 1:
+        return
+    if args.fsdp:
+        shard(senior, args)
+        if junior is not None and args.shard_junior:
+            shard(junior, args)
+    torch.manual_seed(args.seed + 1_000_003 * rank())
+    dist.barrier()  # every rank has checked --out before rank 0 writes to it
+
+def update_mode(models, update):
+    """FSDP2 has two modes here. Updates: each layer is gathered for its forward and for its backward, then freed;
+    the root stays gathered through a micro-batch (its output layer runs chunk by chunk) and is freed after the
+    backward. Otherwise: every group gathered once (one all-gather a step) and kept until the next update."""
+    for model in models:
+        if isinstance(model, FSDPModule):
+            model.set_reshard_after_forward(update)
+            model.set_reshard_after_forward(False, recurse=False)
+            for m in model.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard() if update else m.unshard()
+
+def save_checkpoint_ranks(out, step, senior, tok, opt):
+    """save_checkpoint on N ranks, the same folder: rank 0 writes the whole weights (gathered to its CPU), the
+    tokenizer and trainer.pt (step, rank 0's random state); every rank writes its part of AdamW's state to optim/
+    with torch.distributed.checkpoint, which any number of ranks (one included) reads back."""
+    full = get_model_state_dict(senior, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # {}: rank>0
+    if all_sum(not all(torch.isfinite(v).all() for v in full.values())):
+        raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
+    final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
+    if rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        senior.save_pretrained(tmp, state_dict=full)
+        tok.save_pretrained(tmp)
+        rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                   cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        torch.save(dict(step=step, optimizer=None, rng=rng), tmp / "trainer.pt")  # AdamW: in optim/
+    dist.barrier()
+    dcp.save(get_optimizer_state_dict(senior, opt), checkpoint_id=tmp / "optim")  # fsynced by its writer
+    dist.barrier()
+    if rank() == 0:
+        for f in [*tmp.iterdir(), tmp]:
+            fsync(f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        write_atomic(out / "latest", final.name)
+        for old in [*out.glob("step_*/trainer.pt"), *out.glob("step_*/optim")]:  # only the newest keeps AdamW
+            if old.parent != final:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+    dist.barrier()
+    update_mode([senior], False)  # taking the state dicts resharded the senior: gather it again for rollouts
+
+def load_checkpoint_ranks(folder, senior, opt):
+    """load_checkpoint for a checkpoint written by N ranks, or read by them (from one rank's checkpoint too)."""
+    state = torch.load(folder / "trainer.pt", weights_only=False, mmap=True)
+    full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict() if rank() == 0 else {}
+    set_model_state_dict(senior, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=world() > 1))
+    if state["optimizer"] is None:  # written by N ranks: each rank reads its part, resharded to this many ranks
+        optim = get_optimizer_state_dict(senior, opt)
+        dcp.load(optim, checkpoint_id=folder / "optim")
+        set_optimizer_state_dict(senior, opt, optim)
+    else:  # written by one process: AdamW's state by parameter index; name the entries, each rank takes its part
+        names, optim = [n for n, _ in senior.named_parameters()], state["optimizer"]
+        optim = dict(state={names[i]: s for i, s in optim["state"].items()},
+                     param_groups=[dict(g, params=[names[i] for i in g["params"]]) for g in optim["param_groups"]])
+        set_optimizer_state_dict(senior, opt, optim, options=StateDictOptions(full_state_dict=True))
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    if rank():  # rank 0 continues its random stream; the others draw new ones
+        torch.manual_seed(state["step"] * 1_000_003 + rank())
+    update_mode([senior], False)
+    print(f"resumed from {folder} (step {state['step']})")
+    return state["step"]
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: plumbing (files that survive a crash, one-line errors, --help; not part of the method)
@@ -1286,3 +1478,5 @@ if __name__ == "__main__":
         main(get_args())
     except UserError as e:  # something the user can fix: one line, no traceback (bugs keep theirs)
         sys.exit(f"error: {e}")
+    finally:
+        stop_ranks()
