@@ -753,6 +753,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from transformers.utils import logging as hf_logging
 
 FSDP_CASTS = False  # True once FSDP2 runs the senior in bf16 on CUDA by its own policy: autocast() then stays off
 
@@ -777,6 +778,15 @@ def start_ranks(args):
     args.fsdp = True if args.fsdp is None else args.fsdp
     if rank():
         sys.stdout = open(os.devnull, "w")
+        hf_logging.disable_progress_bar()
+
+def rank_failed(e):
+    """N ranks: one line naming the rank that failed, before its traceback (torchrun then stops the other ranks;
+    a rank left waiting for it gives up after --timeout)."""
+    if world() > 1:
+        print(f"error: rank {rank()} of {world()} failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
+              f"{' (it waited longer than --timeout for another rank)' if 'timed out' in str(e).lower() else ''}",
+              file=sys.stderr)
 
 def stop_ranks():
     if dist.is_initialized():
@@ -894,7 +904,7 @@ def load_checkpoint_ranks(folder, senior, opt):
     set_model_state_dict(senior, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=world() > 1))
     if state["optimizer"] is None:  # written by N ranks: each rank reads its part, resharded to this many ranks
         optim = get_optimizer_state_dict(senior, opt)
-        dcp.load(optim, checkpoint_id=folder / "optim")
+        dcp.load(optim, checkpoint_id=folder / "optim", no_dist=world() == 1)
         set_optimizer_state_dict(senior, opt, optim)
     else:  # written by one process: AdamW's state by parameter index; name the entries, each rank takes its part
         names, optim = [n for n, _ in senior.named_parameters()], state["optimizer"]
@@ -1478,5 +1488,8 @@ if __name__ == "__main__":
         main(get_args())
     except UserError as e:  # something the user can fix: one line, no traceback (bugs keep theirs)
         sys.exit(f"error: {e}")
+    except Exception as e:  # N ranks: name the rank that failed first
+        rank_failed(e)
+        raise
     finally:
         stop_ranks()

@@ -731,6 +731,51 @@ def test_two_ranks_take_the_same_step_as_one_process(tmp_path, tok, senior, juni
     assert (tmp_path / "step_000002" / "optim").is_dir() and json.loads(
         (tmp_path / "step_000002" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
 
+def test_a_collective_gives_up_after_the_timeout(tok):
+    """Rank 1 never reaches the collective: rank 0 stops with an error after --timeout instead of hanging."""
+    def work(r, port):
+        os.environ.update(ranks_env(r, 2, port))
+        tg.start_ranks(args_for(tok, timeout=1 / 60, device="cpu"))
+        try:
+            if r == 1:
+                time.sleep(3)
+            else:
+                with pytest.raises(RuntimeError, match="Timed out waiting 1000ms"):
+                    tg.all_sum(1.0)
+        finally:
+            tg.stop_ranks()
+    torch.multiprocessing.start_processes(work, args=(free_port(),), nprocs=2, start_method="fork")
+
+def main_on_a_rank(r, port, argv):
+    os.environ.update(ranks_env(r, 2, port))
+    try:
+        tg.main(tg.get_args(argv))
+    finally:
+        tg.stop_ranks()
+
+def test_two_rank_demo_loses_a_rank_and_resumes_on_one(tmp_path, capsys):
+    """A 2-rank --demo run (FSDP2, gloo). Rank 1 is killed (as by the OOM killer) after the step-2 checkpoint and the
+    job stops; --resume on one process continues from the last checkpoint, AdamW state included."""
+    out = tmp_path / "o"
+    small = ["--demo", "--out", str(out), "--prompts-per-step", "2", "--mini-batch-prompts", "2", "--group-size", "4",
+             "--max-new-tokens", "8", "--val-size", "0", "--save-every", "1", "--log-every", "0", "--show-every", "0"]
+    job = torch.multiprocessing.start_processes(main_on_a_rank, nprocs=2, join=False, start_method="fork",
+                                                args=(free_port(), [*small, "--steps", "1000", "--timeout", "0.5"]))
+    deadline = time.time() + 60
+    while not ((out / "latest").exists() and (out / "latest").read_text() >= "step_000002") and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(job.pids()[1], signal.SIGKILL)
+    with pytest.raises(torch.multiprocessing.ProcessExitedException, match="process 1 terminated with signal SIGKILL"):
+        while not job.join():
+            pass
+    k = int((out / "latest").read_text()[len("step_"):])
+    assert k >= 2 and (out / f"step_{k:06d}" / "optim").is_dir()
+    tg.main(tg.get_args([*small, "--steps", str(k + 2), "--resume"]))
+    assert f"resumed from {out / f'step_{k:06d}'} (step {k})" in capsys.readouterr().out
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, k + 3))
+    adam = torch.load(out / f"step_{k + 2:06d}" / "trainer.pt", weights_only=False)["optimizer"]["state"]
+    assert {s["step"].item() for s in adam.values()} == {k + 2}   # one update a step: none lost, none redone
+
 # ------------------------------------------------------------------------------------------------------------------
 # eval.py: pass@k, bootstrap intervals, cross-entropy and KL, handoff schedules
 
