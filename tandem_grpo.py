@@ -710,7 +710,8 @@ def memory_report(args):
     H, I, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
     hd = getattr(c, "head_dim", None) or H // c.num_attention_heads
     q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
-    n = L * (2 * H * q + 2 * H * kv + 3 * H * I + 2 * H + 2 * hd) + V * H * (1 if c.tie_word_embeddings else 2) + H
+    layer, root = 2 * H * q + 2 * H * kv + 3 * H * I + 2 * H + 2 * hd, V * H * (1 if c.tie_word_embeddings else 2) + H
+    n = L * layer + root
     S, tandem = args.max_prompt_tokens + args.max_new_tokens, junior_writes(args.schedule, args.p_senior)
     junior_rollout, junior_update = tandem or args.kl_coef > 0, args.kl_coef > 0  # as park() places it
     tok_mb = args.micro_batch * S                                   # tokens in one training micro-batch
@@ -726,8 +727,11 @@ def memory_report(args):
             (f"checkpointed layer inputs: {args.micro_batch} x {S} tokens x {L} layers, fp32", 0, L * tok_mb * H * 4),
             ("one layer recomputed in backward (+ its grads)", 0, 2 * tok_mb * (2 * (2 * q + 2 * kv) + 8 * I + 16 * H)),
             (f"logits chunk: {LOGITS_CHUNK} x {V} fp32 (logits, log-softmax, grad)", 0, 3 * LOGITS_CHUNK * V * 4)]
+    if args.nproc > 1:  # FSDP2 over --nproc ranks: the senior's and junior's rows change (appendix: more than one GPU)
+        rows = sharded_rows(args, n, root, layer, junior_rollout, junior_update) + rows[5:]
     gib = lambda b: f"{b / 2**30:8.1f}"
-    print(f"memory budget for {args.model}: {n / 1e9:.2f}B parameters, schedule {args.schedule}")
+    ranks = f", one of {args.nproc} ranks (FSDP2)" if args.nproc > 1 else ""
+    print(f"memory budget for {args.model}: {n / 1e9:.2f}B parameters, schedule {args.schedule}{ranks}")
     print(f"{'':62s}{'rollout':>8s}{'update':>8s}  GiB")
     for name, a, b in rows:
         print(f"  {name:60s}{gib(a)}{gib(b)}")
@@ -866,6 +870,20 @@ def update_mode(models, update):
             for m in model.modules():
                 if isinstance(m, FSDPModule):
                     m.reshard() if update else m.unshard()
+
+def sharded_rows(args, n, root, layer, junior_rollout, junior_update):
+    """memory_report's first rows for one of N ranks under FSDP2 (bytes; rollout, update). Rollouts hold the whole
+    senior gathered in bf16 beside the float32 shards; AdamW is not parked (it is 1/N). Updates gather the root and
+    two layers (one computing, one prefetched) and hold one group's unsharded gradient (bf16, and float32 for the
+    reduce-scatter); the rest is 1/N."""
+    N = args.nproc
+    junior_update = 2 * n / N * junior_rollout if args.shard_junior else 2 * n * junior_update
+    return [(f"senior weights, float32 master copy, 1/{N}", 4 * n / N, 4 * n / N),
+            ("senior in bf16: whole (rollout), root + 2 layers (update)", 2 * n, 2 * (root + 2 * layer)),
+            (f"senior gradients, float32, 1/{N} + one group unsharded", 0, 4 * n / N + 6 * max(root, layer)),
+            (f"AdamW moments, float32 (2 a weight), 1/{N}", 8 * n / N, 8 * n / N),
+            ("junior weights, bf16" + (f" (1/{N} in updates)" if args.shard_junior else ""),
+             2 * n * junior_rollout, junior_update)]
 
 def save_checkpoint_ranks(out, step, senior, tok, opt):
     """save_checkpoint on N ranks, the same folder: rank 0 writes the whole weights (gathered to its CPU), the

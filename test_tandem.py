@@ -731,6 +731,19 @@ def test_two_ranks_take_the_same_step_as_one_process(tmp_path, tok, senior, juni
     assert (tmp_path / "step_000002" / "optim").is_dir() and json.loads(
         (tmp_path / "step_000002" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
 
+def test_memory_report_per_rank_under_fsdp2(capsys):
+    """One of N ranks: float32 weights, gradients and AdamW are 1/N (AdamW stays on the GPU); rollouts hold the whole
+    senior in bf16, updates the root and two layers, and one group's gradient (bf16 + float32)."""
+    a = tg.get_args(["--data", "x", "--nproc", "4"])
+    rows = [r[1:] for r in tg.sharded_rows(a, n=1000, root=100, layer=225, junior_rollout=True, junior_update=False)]
+    assert rows == [(1000, 1000), (2000, 1100), (0, 1000 + 6 * 225), (2000, 2000), (2000, 0)]
+    assert tg.sharded_rows(a, 1000, 100, 225, True, True)[4][1:] == (2000, 2000)     # --kl-coef: the whole junior
+    a.shard_junior = True
+    assert tg.sharded_rows(a, 1000, 100, 225, True, True)[4][1:] == (2000, 500)      # --shard-junior: 1/N of it
+    cfg = str(tg.DEMO_DIR.parent / "configs" / "qwen3-0.6b")
+    peaks = [tg.memory_report(tg.get_args(["--model", cfg, "--nproc", n])) for n in ("1", "2", "8")]
+    assert peaks[2] < peaks[1] and "one of 8 ranks (FSDP2)" in capsys.readouterr().out
+
 def test_a_collective_gives_up_after_the_timeout(tok):
     """Rank 1 never reaches the collective: rank 0 stops with an error after --timeout instead of hanging."""
     def work(r, port):
