@@ -101,27 +101,7 @@ def get_args(argv=None):
     if "--demo" in argv:
         p.set_defaults(**DEMO)
     args = p.parse_args(argv)
-    # every value checked here, before anything heavy loads: argparse prints the message and exits with code 2
-    for name, ok, rule in [
-            ("group-size", args.group_size >= 2, ">= 2 (a group-relative advantage needs a group)"),
-            ("temperature", args.temperature > 0, "> 0 (log-probs divide by it)"),
-            ("p-senior", 0 <= args.p_senior <= 1, "in [0, 1]"),
-            ("clip-low", 0 <= args.clip_low < 1, "in [0, 1)"), ("clip-high", args.clip_high >= 0, ">= 0"),
-            ("clip-c", args.clip_c == 0 or args.clip_c > 1, "0 (off) or > 1"),
-            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"), ("timeout", args.timeout > 0, "> 0"),
-            ("max-gap", args.max_gap >= 1, ">= 1"),
-            ("kl-coef", args.kl_coef >= 0, ">= 0"), ("junior-token-weight", args.junior_token_weight >= 0, ">= 0"),
-            *[(n.replace("_", "-"), getattr(args, n) >= 1, ">= 1") for n in (
-                "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
-                "max_prompt_tokens", "nproc")],
-            *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
-                "save_every", "val_size", "val_every", "log_every", "show_every", "threads")]]:
-        if not ok:
-            p.error(f"--{name} must be {rule}, got {getattr(args, name.replace('-', '_'))}")
-    if args.prompts_per_step % args.mini_batch_prompts:
-        p.error("--prompts-per-step must be a multiple of --mini-batch-prompts")
-    if Path(args.out).is_file():
-        p.error(f"--out {args.out} is a file; it must be a folder")
+    check_args(p, args)  # every value, before anything heavy loads: a bad one is one line naming its range
     return args
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -944,6 +924,29 @@ def load_checkpoint_ranks(folder, senior, opt):
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """--help keeps the docstring's layout and shows every default."""
+
+def check_args(p, args):
+    """Refuse values that cannot work, with the allowed range: argparse prints the line and exits with code 2."""
+    for name, ok, rule in [
+            ("group-size", args.group_size >= 2, ">= 2 (a group-relative advantage needs a group)"),
+            ("temperature", args.temperature > 0, "> 0 (log-probs divide by it)"),
+            ("p-senior", 0 <= args.p_senior <= 1, "in [0, 1]"),
+            ("clip-low", 0 <= args.clip_low < 1, "in [0, 1)"), ("clip-high", args.clip_high >= 0, ">= 0"),
+            ("clip-c", args.clip_c == 0 or args.clip_c > 1, "0 (off) or > 1"),
+            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"), ("timeout", args.timeout > 0, "> 0"),
+            ("max-gap", args.max_gap >= 1, ">= 1"),
+            ("kl-coef", args.kl_coef >= 0, ">= 0"), ("junior-token-weight", args.junior_token_weight >= 0, ">= 0"),
+            *[(n.replace("_", "-"), getattr(args, n) >= 1, ">= 1") for n in (
+                "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
+                "max_prompt_tokens", "nproc")],
+            *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
+                "save_every", "val_size", "val_every", "log_every", "show_every", "threads")]]:
+        if not ok:
+            p.error(f"--{name} must be {rule}, got {getattr(args, name.replace('-', '_'))}")
+    if args.prompts_per_step % args.mini_batch_prompts:
+        p.error("--prompts-per-step must be a multiple of --mini-batch-prompts")
+    if Path(args.out).is_file():
+        p.error(f"--out {args.out} is a file; it must be a folder")
 
 def fsync(path):
     """Flush a file (or a folder's entry list) to the disk, so a rename after it cannot expose a torn file."""
