@@ -19,8 +19,8 @@ Run it:
 What it simplifies, and why:
   - Rollouts come from a plain PyTorch decode loop over Hugging Face models (one KV cache per model), not from a
     patched vLLM: slower, but every step of co-generation is visible in ~100 lines.
-  - One process, one device. The senior keeps float32 master weights (bf16 cannot absorb updates of 1e-6) and
-    runs its matmuls in bf16 autocast on CUDA; the junior is bf16. No FSDP, no sequence packing.
+  - One device a process. The senior keeps float32 master weights (bf16 cannot absorb updates of 1e-6) and runs its
+    matmuls in bf16 on CUDA; the junior is bf16. torchrun + FSDP2 for more GPUs (an appendix). No sequence packing.
   - The token-mean divides by the senior's tokens of the mini-batch (the authors' newer verl divides by all
     response tokens, junior ones included: a constant scale per mini-batch that AdamW mostly absorbs).
   - GPU memory bookkeeping and the answer checker behind reward() are long: they sit in appendices at the end.
@@ -615,7 +615,7 @@ def main(args):
     step_end = step_end_mask(tok) if args.schedule == "step" else None
     if args.demo:  # measured on the base model, before any checkpoint is loaded
         test = load_problems(DEMO_DIR / "test.jsonl")
-        before = split_solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+        before = split_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
     start = load_checkpoint(out, senior, opt)
     if args.resume and rank() == 0:  # forget what was logged after the checkpoint: those steps are redone
@@ -638,8 +638,7 @@ def main(args):
                      **train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row))
             skipped_in_a_row = m.pop("skipped_in_a_row")
             if val and args.val_every and ((step + 1) % args.val_every == 0 or step + 1 == args.steps):
-                m["val_solo"] = split_solo_accuracy(senior, tok, val, max_new_tokens=args.max_new_tokens,
-                                                    seed=args.seed)
+                m["val_solo"] = split_accuracy(senior, tok, val, max_new_tokens=args.max_new_tokens, seed=args.seed)
             m.update(gen_s=t_gen, step_s=time.time() - t_step)
             if rank() == 0:  # one log (its numbers are already over all ranks)
                 log.write(json.dumps(m) + "\n")
@@ -657,7 +656,7 @@ def main(args):
         bar.close()
         stop_hint(out, step + 1)
     if args.demo:
-        after = split_solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+        after = split_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
         print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
               f"(n={len(test)} held-out problems, {time.time() - t0:.0f} s); wrote {out}/ (metrics.jsonl, "
               f"{(out / 'latest').read_text().strip()}/)")
@@ -751,6 +750,7 @@ def start_ranks(args):
     """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, gloo on CPU) with a timeout, so a rank
     that stopped takes the job down instead of hanging it; one GPU a rank; only rank 0 prints."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        args.fsdp = False  # one process: nothing to shard
         return
     cuda = args.device.startswith("cuda")
     if cuda:
@@ -799,7 +799,7 @@ def sum_grads(senior):
             if p.grad is not None:
                 dist.all_reduce(p.grad)
 
-def split_solo_accuracy(model, tok, problems, **kw):
+def split_accuracy(model, tok, problems, **kw):
     """solo_accuracy over all ranks: each rank answers every N-th problem, the mean is over all of them."""
     mine = problems[rank()::world()]
     return all_sum(solo_accuracy(model, tok, mine, **kw) * len(mine) if mine else 0.0) / len(problems)
@@ -869,6 +869,7 @@ def save_checkpoint_ranks(out, step, senior, tok, opt):
     """save_checkpoint on N ranks, the same folder: rank 0 writes the whole weights (gathered to its CPU), the
     tokenizer and trainer.pt (step, rank 0's random state); every rank writes its part of AdamW's state to optim/
     with torch.distributed.checkpoint, which any number of ranks (one included) reads back."""
+    update_mode([senior], True)  # state dicts are taken from the shards
     full = get_model_state_dict(senior, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # {}: rank>0
     if all_sum(not all(torch.isfinite(v).all() for v in full.values())):
         raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
@@ -898,6 +899,7 @@ def save_checkpoint_ranks(out, step, senior, tok, opt):
 def load_checkpoint_ranks(folder, senior, opt):
     """load_checkpoint for a checkpoint written by N ranks, or read by them (from one rank's checkpoint too)."""
     state = torch.load(folder / "trainer.pt", weights_only=False, mmap=True)
+    update_mode([senior], True)  # state dicts are loaded into the shards
     full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict() if rank() == 0 else {}
     set_model_state_dict(senior, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=world() > 1))
     if state["optimizer"] is None:  # written by N ranks: each rank reads its part, resharded to this many ranks

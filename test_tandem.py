@@ -1,6 +1,6 @@
 """Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
 memory, hand-computed numbers. Run: python -m pytest -q test_tandem.py"""
-import json, math, os, signal, socket, subprocess, sys, tempfile, threading, time
+import copy, json, math, os, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -678,41 +678,54 @@ def trainable(tok):
     return m
 
 def one_step_on_a_rank(r, world, port, tok, ro, a, out):
-    """Rank r of a forked process group: train_step on its groups with SGD (lr 1: the update is minus the gradient),
-    then one AdamW step and a checkpoint; rank 0 keeps the gathered weights and AdamW state."""
+    """Rank r of a forked process group: resume a one-process checkpoint (weights and AdamW state), take a
+    train_step on its groups with SGD (lr 1: the update is minus the gradient), then an AdamW step and a checkpoint.
+    Rank 0 keeps what it gathered."""
     os.environ.update(ranks_env(r, world, port))
     torch.set_num_threads(1)
     tg.start_ranks(a)
     try:
         m = trainable(tok)
         tg.distribute(m, None, a)
-        mine = [x for g in range(r, len(ro) // a.group_size, world) for x in ro[g * a.group_size:][:a.group_size]]
-        sgd = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=1.0), mine, a)
-        full = dict(options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        after_sgd = {k: v.clone() for k, v in get_model_state_dict(m, **full).items()}  # not views of the weights
         opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        assert tg.load_checkpoint(out / "one", m, opt) == 1
+        full = dict(options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        tg.update_mode([m], True)  # FSDP2: state dicts come from the shards (the optimizer's parameters)
+        saved = dict(adam_loaded=copy.deepcopy(get_optimizer_state_dict(m, opt, **full)))  # copies, not views
+        mine = [x for g in range(r, len(ro) // a.group_size, world) for x in ro[g * a.group_size:][:a.group_size]]
+        saved["sgd"] = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=1.0), mine, a)
+        saved["after_sgd"] = copy.deepcopy(get_model_state_dict(m, **full))
         tg.train_step(m, None, tok, opt, mine, a)
-        tg.save_checkpoint(out, 2, m, tok, opt)
-        saved = dict(sgd=sgd, after_sgd=after_sgd, weights=get_model_state_dict(m, **full),
-                     adam=get_optimizer_state_dict(m, opt, **full))
+        tg.save_checkpoint(out / "two", 2, m, tok, opt)
+        tg.update_mode([m], True)
+        saved.update(weights=get_model_state_dict(m, **full), adam=get_optimizer_state_dict(m, opt, **full))
         if r == 0:
             torch.save(saved, out / "rank0.pt")
     finally:
         tg.stop_ranks()
 
+def same_adam(opt, model, named):
+    return all(torch.equal(opt.state[p][k], named["state"][name][k])
+               for name, p in model.named_parameters() for k in ("exp_avg", "exp_avg_sq", "step"))
+
 @pytest.mark.parametrize("fsdp", [True, False])
 def test_two_ranks_take_the_same_step_as_one_process(tmp_path, tok, senior, junior, fsdp):
     """4 groups of 4 co-written rollouts, 2 mini-batches: each of 2 ranks holds one group of each. The token count is
-    summed over the ranks before any backward, so the update (SGD: the gradient itself) equals one process's."""
+    summed over the ranks before any backward, so the update (SGD: the gradient itself) equals one process's.
+    Checkpoints cross over: one process's loads on 2 ranks, and the 2 ranks' loads on one process."""
     ps = [p for p in prompts(tok, 4) for _ in range(4)]
     torch.manual_seed(3)
     ro = rollouts_for(tok, gen(tok, senior, junior, prompts=ps), ps, [float(c) for c in "1001011100011010"])
     a = args_for(tok, group_size=4, prompts_per_step=4, mini_batch_prompts=2, micro_batch=3, grad_clip=1e9,
                  fsdp=fsdp, timeout=1.0)
+    m = trainable(tok)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    tg.train_step(m, None, tok, opt, ro, a)
+    tg.save_checkpoint(tmp_path / "one", 1, m, tok, opt)
     torch.multiprocessing.start_processes(one_step_on_a_rank, args=(2, free_port(), tok, ro, a, tmp_path), nprocs=2,
                                           start_method="fork")
     two = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    m = trainable(tok)
+    assert same_adam(opt, m, two["adam_loaded"])
     before = {k: v.clone() for k, v in m.state_dict().items()}
     one = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=1.0), ro, a)
     d1 = torch.cat([(v - before[k]).flatten() for k, v in m.state_dict().items()])  # the update of every weight
@@ -720,16 +733,13 @@ def test_two_ranks_take_the_same_step_as_one_process(tmp_path, tok, senior, juni
     assert (d2 - d1).norm() <= 1e-5 * d1.norm() and (d1 != 0).float().mean() > 0.5
     for k in ("loss", "clip_frac", "grad_norm"):
         assert two["sgd"][k] == pytest.approx(one[k], rel=1e-5), k
-    # the checkpoint the 2 ranks wrote loads into one process: the gathered weights and AdamW state
     m2 = tiny_model(tok, seed=5).requires_grad_(True)
     opt = torch.optim.AdamW(m2.parameters(), lr=1e-3)
-    assert tg.load_checkpoint(tmp_path, m2, opt) == 2
+    assert tg.load_checkpoint(tmp_path / "two", m2, opt) == 2
     assert all(torch.equal(v, two["weights"][k]) for k, v in m2.state_dict().items())
-    for name, p in m2.named_parameters():
-        for k in ("exp_avg", "exp_avg_sq", "step"):
-            assert torch.equal(opt.state[p][k], two["adam"]["state"][name][k]), (name, k)
-    assert (tmp_path / "step_000002" / "optim").is_dir() and json.loads(
-        (tmp_path / "step_000002" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+    assert same_adam(opt, m2, two["adam"])
+    assert (tmp_path / "two" / "step_000002" / "optim").is_dir() and json.loads(
+        (tmp_path / "two" / "step_000002" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
 
 def test_memory_report_per_rank_under_fsdp2(capsys):
     """One of N ranks: float32 weights, gradients and AdamW are 1/N (AdamW stays on the GPU); rollouts hold the whole
