@@ -729,6 +729,7 @@ def memory_report(args):
 # backward and freed after; between updates (rollouts, validation) the whole senior is gathered once and kept, so
 # no collective runs per token and the ranks may decode different lengths. Without --fsdp every rank holds the whole
 # senior and the gradients are summed by one all-reduce (plain data parallelism). One process: none of this runs.
+import warnings
 from datetime import timedelta
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -904,7 +905,9 @@ def load_checkpoint_ranks(folder, senior, opt):
     set_model_state_dict(senior, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=world() > 1))
     if state["optimizer"] is None:  # written by N ranks: each rank reads its part, resharded to this many ranks
         optim = get_optimizer_state_dict(senior, opt)
-        dcp.load(optim, checkpoint_id=folder / "optim", no_dist=world() == 1)
+        with warnings.catch_warnings():  # one process reading N ranks' files: DCP would warn it has no group
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(optim, checkpoint_id=folder / "optim", no_dist=world() == 1)
         set_optimizer_state_dict(senior, opt, optim)
     else:  # written by one process: AdamW's state by parameter index; name the entries, each rank takes its part
         names, optim = [n for n, _ in senior.named_parameters()], state["optimizer"]
