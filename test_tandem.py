@@ -1,6 +1,6 @@
 """Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
 memory, hand-computed numbers. Run: python -m pytest -q test_tandem.py"""
-import copy, json, math, os, signal, socket, subprocess, sys, tempfile, threading, time
+import contextlib, copy, io, json, math, os, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -755,7 +755,8 @@ def test_memory_report_per_rank_under_fsdp2(capsys):
     assert peaks[2] < peaks[1] and "one of 8 ranks (FSDP2)" in capsys.readouterr().out
 
 def test_a_collective_gives_up_after_the_timeout(tok):
-    """Rank 1 never reaches the collective: rank 0 stops with an error after --timeout instead of hanging."""
+    """Rank 1 never reaches the collective: rank 0 stops with an error after --timeout instead of hanging, and says
+    which rank failed and why in one line."""
     def work(r, port):
         os.environ.update(ranks_env(r, 2, port))
         tg.start_ranks(args_for(tok, timeout=1 / 60, device="cpu"))
@@ -763,8 +764,12 @@ def test_a_collective_gives_up_after_the_timeout(tok):
             if r == 1:
                 time.sleep(3)
             else:
-                with pytest.raises(RuntimeError, match="Timed out waiting 1000ms"):
+                with pytest.raises(RuntimeError, match="Timed out waiting 1000ms") as e:
                     tg.all_sum(1.0)
+                with contextlib.redirect_stderr(io.StringIO()) as err:
+                    tg.rank_failed(e.value)
+                assert err.getvalue().startswith("error: rank 0 of 2 failed: RuntimeError: ")
+                assert err.getvalue().endswith("(it waited longer than --timeout for another rank)\n")
         finally:
             tg.stop_ranks()
     torch.multiprocessing.start_processes(work, args=(free_port(),), nprocs=2, start_method="fork")
@@ -777,13 +782,15 @@ def main_on_a_rank(r, port, argv):
         tg.stop_ranks()
 
 def test_two_rank_demo_loses_a_rank_and_resumes_on_one(tmp_path, capsys):
-    """A 2-rank --demo run (FSDP2, gloo). Rank 1 is killed (as by the OOM killer) after the step-2 checkpoint and the
-    job stops; --resume on one process continues from the last checkpoint, AdamW state included."""
+    """A 2-rank --demo run (FSDP2 for the senior and --shard-junior, gloo). Rank 1 is killed (as by the OOM killer)
+    after the step-2 checkpoint and the job stops; --resume on one process continues from the last checkpoint, AdamW
+    state included."""
     out = tmp_path / "o"
     small = ["--demo", "--out", str(out), "--prompts-per-step", "2", "--mini-batch-prompts", "2", "--group-size", "4",
              "--max-new-tokens", "8", "--val-size", "0", "--save-every", "1", "--log-every", "0", "--show-every", "0"]
     job = torch.multiprocessing.start_processes(main_on_a_rank, nprocs=2, join=False, start_method="fork",
-                                                args=(free_port(), [*small, "--steps", "1000", "--timeout", "0.5"]))
+                                                args=(free_port(), [*small, "--steps", "1000", "--timeout", "0.5",
+                                                                    "--shard-junior"]))
     deadline = time.time() + 60
     while not ((out / "latest").exists() and (out / "latest").read_text() >= "step_000002") and time.time() < deadline:
         time.sleep(0.1)
