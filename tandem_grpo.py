@@ -802,6 +802,7 @@ def sum_grads(senior):
 
 def split_accuracy(model, tok, problems, **kw):
     """solo_accuracy over all ranks: each rank answers every N-th problem, the mean is over all of them."""
+    update_mode([model], False)  # gathered by every rank, also one left without a problem
     mine = problems[rank()::world()]
     return all_sum(solo_accuracy(model, tok, mine, **kw) * len(mine) if mine else 0.0) / len(problems)
 
@@ -1008,8 +1009,9 @@ def stop_hint(out, step):
     """After Ctrl-C: the step reached, the last checkpoint and the command that resumes; exit code 130."""
     last = out / (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
     argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
-    print(f"\ninterrupted during step {step}; last checkpoint: {last}\n"
-          f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
+    if rank() == 0:  # N ranks: one hint (the command resumes on one process; under torchrun, on any number)
+        print(f"\ninterrupted during step {step}; last checkpoint: {last}\n"
+              f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
     sys.exit(130)
 
 # ------------------------------------------------------------------------------------------------------------------
