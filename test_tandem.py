@@ -1130,6 +1130,11 @@ INJECTIONS = [
     "Symbol('x').__init__.__globals__",
     r"\text{{__import__('os').system('touch {m}')}}",
     "x + __import__('os').system('touch {m}')",
+    r"\sum_{{k=1}}^{{3}} __import__('os').system('touch {m}')",
+    r"1}} \quad\text{{and}}\quad \boxed{{__import__('os').system('touch {m}')",  # a second, joined box
+    r"52_{{__import__('os').system('touch {m}')}}",
+    r"1e5; __import__('os').system('touch {m}')",
+    r"\overline{{__import__('os')}} : \lfloor exec('touch {m}') \rfloor",
 ]
 
 
@@ -1165,6 +1170,20 @@ PATHOLOGICAL = [
     (r"\boxed{2^{2^{2^{2^{2}}}}}", "2^{65536}+1"),
     ("\\boxed{" + ", ".join(f"x+{i}" for i in range(120)) + "}", ", ".join(f"x+{i}" for i in range(1, 121))),
     ("\\boxed{5 " + "ab " * 300 + "!}", "5"),
+    (r"\boxed{\sum_{k=1}^{10^{100}} k^{k^{k}}}", "1"),  # huge bounds: kept as a sum, never evaluated
+    (r"\boxed{\sum_{k=1}^{999} k^{k^{k}}}", "1"),  # each term through the same size caps
+    (r"\boxed{\prod_{k=1}^{999} k^{999}}", "1"),
+    (r"\boxed{\sum_{i=1}^{999}\sum_{j=1}^{999}\sum_{k=1}^{999} i j k}", "1"),  # 10^9 terms: the deadline
+    ("\\boxed{" + "9" * 400 + "_{" + "7" * 400 + "}}", "9" * 400 + "_{" + "7" * 399 + "}"),  # a huge base
+    (r"\boxed{1e99999999}", "1e99999998"),  # e-notation with a huge exponent
+    ("\\boxed{1e" + "9" * 5000 + "}", "1"),
+    (r"\boxed{4.5e10000}", "4.5e9999"),
+    ("\\boxed{1}, " * 100_000 + "\\boxed{2}", "1, 2"),  # 100,001 joined boxes
+    (r"\boxed{\lfloor 10^{9999} \pi \rfloor}", "1"),
+    ("\\boxed{" + "\\lfloor " * 300 + "1" + " \\rfloor" * 300 + "}", "1"),
+    ("\\boxed{" + ":".join(["1"] * 400) + "}", "1"),
+    ("\\boxed{" + "; ".join(["(1; 2)"] * 150) + "}", "(1, 2)"),
+    ("\\boxed{1} and " * 30 + "\\boxed{" + "(" * 300, "1"),
 ]
 
 
