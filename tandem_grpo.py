@@ -598,6 +598,7 @@ def main(args):
 # objects directly, every size that makes sympy slow is capped before building, and equality is decided by exact
 # rationals, sympy's canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
 # Policies (percent, units, tolerance, lists vs tuples, ...) are listed in README.md.
+# Pipeline: extraction (final_answer) -> normalisation (_normalize) -> parser (_Parser, _parse) -> equality (_equal).
 
 MAX_ANSWER = 1000        # longer answers are only compared as plain strings
 MAX_BOX_SCAN = 10_000    # a \boxed{ not closed within this many chars is no answer
@@ -659,9 +660,10 @@ def final_answer(text):
 # --- normalisation: spellings that do not change the answer -----------------------------------
 _UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u00f7": "\\div ",
             "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ",
-            "\u00b0": "", "\u222a": "\\cup ", "\u00b1": "\\pm ", "\u20ac": "", "\u2032": "'"}
+            "\u00b0": "", "\u222a": "\\cup ", "\u00b1": "\\pm ", "\u20ac": "", "\u2032": "'",
+            "\u00b2": "^2", "\u00b3": "^3"}
 _RULES = [(re.compile(p), r) for p, r in [
-    (r"(?<=\d)\s*[a-zA-Z]{0,2}[\u00b2\u00b3]$", ""),                # a unit glyph: 1,000.99 m²
+    (r"(?<=\d)\s*(?:[kcdm]?m|ft|in)[\u00b2\u00b3]$", ""),         # a unit glyph: 1,000.99 m²
     (r"\\\\(?=[a-zA-Z{}%$])", r"\\"),                             # a doubled backslash: \\dfrac is \dfrac
     (r"\\\$|\$", ""),                                             # $...$ and dollar signs
     (r"^\\[(\[]|\\[)\]]$", ""),                                   # \( ... \), \[ ... \]
@@ -888,7 +890,7 @@ class _Parser:
         if name in ("lfloor", "lceil"):
             return _call(sp.floor if name == "lfloor" else sp.ceiling, self.group("\\r" + name[1:]))
         if name in ("overline", "bar"):  # \overline{AB}: a name
-            return sp.Symbol(f"bar({self.name_arg()})")
+            return sp.Symbol(f"bar({self.name_arg(letter=True)})")  # never 0.\overline{3}
         if name in ("sum", "prod"):
             return self.big_op(name)
         if name == "frac":
@@ -910,9 +912,9 @@ class _Parser:
             return _CONSTS[name]
         _check(False, "unknown command " + t)
 
-    def name_arg(self):  # a {group} or one token of letters and digits only, as written
+    def name_arg(self, letter=False):  # a {group} or one token of letters and digits only, as written
         toks = self.group_tokens() if self.peek() == "{" else [self.take()]
-        _check(toks and all(x.isalnum() for x in toks), "bad name")
+        _check(toks and all(x.isalnum() for x in toks) and (toks[0][0].isalpha() or not letter), "bad name")
         return "".join(toks)
 
     def group_tokens(self):
@@ -924,7 +926,8 @@ class _Parser:
     def name(self, t):  # x, x_1, a_{n}, \rho_0, f' as one symbol; F_{n-k-1} as F applied to n-k-1
         if self.accept("_"):
             if self.peek() != "{" or all(x.isalnum() for x in self.toks[self.i + 1:self.toks.index("}", self.i)]):
-                return self.primes(t + "_" + self.name_arg())
+                sub = self.name_arg()
+                return self.primes(t + "_" + str(self.bound.get(sub, sub)))  # a_k in \sum_{k=1}^{3} a_k
             return sp.Function(t)(self.arg())
         if t in self.bound:  # the index of an enclosing \sum with numeric bounds
             return self.bound[t]
@@ -1129,7 +1132,8 @@ def _equal(a, b, k, deadline):
         a, b = b, a
     if _labels(a) is not None and _labels(b) is None:  # labelled parts vs bare values: the values, in order
         ys = b[2] if b[0] == "tuple" else b[1] if b[0] == "set" else []
-        return len(ys) == len(a[1]) and all(y[0] != "eq" and _equal(x, y, k, deadline) for x, y in zip(_labels(a), ys))
+        return len(ys) == len(a[1]) and all(y[0] != "eq" and _equal(x, y, k, deadline)
+                                            for x, y in zip(_labels(a), ys))
     if a[0] == "eq" and b[0] != "eq":
         a, b = b, a
     if b[0] == "eq" and a[0] != "eq":  # "x = 3" vs "3": the value of the named unknown
