@@ -629,7 +629,8 @@ _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BARE = re.compile(r"\\(?:boxed|fbox)[ \t]+([^\s$]+)")
 _BRACE = re.compile(r"\\[{}]|[{}]")  # \{ and \} are escaped braces, not grouping
-_GAP = re.compile(r"(?:\s|[,;.&$]|\\[()\[\]\\,;: !]|\\q?quad|\b(?:and|or)\b|\b[a-zA-Z]+\s(?=\s*(?:and|or)\b)"
+_GAP = re.compile(r"(?:\s|[,;.&$]|\\[()\[\]\\,;: !]|\\q?quad|\b(?:and|or)\b"  # the alternatives are disjoint,
+                  r"|\b(?!and\b|or\b)[a-zA-Z]+\s(?=\s*(?:and|or)\b)"         # so matching stays linear
                   r"|\\text(?:rm|normal)?\s*\{(?:\s|[,;.]|\b(?:and|or|for|parts?)\b|\(\w\))*\}"
                   r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*")  # commas, and/or, \quad, \text{ and }, labels "y_2 ="
 

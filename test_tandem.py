@@ -963,6 +963,10 @@ CASES = [
     ("y_1 = 2x + 1, y_2 = 3x", r"\(y_1 = \boxed{2x+1}\) and \(y_2 = \boxed{3x}\)", 1),
     ("y_1 = 2x + 1, y_2 = 3x", r"\(y_1 = \boxed{3x}\) and \(y_2 = \boxed{2x+1}\)", 0),  # order matters
     (r"\frac{1}{2}", r"Part 1 gives \boxed{4}. For part 2 the probability is \boxed{\frac{1}{2}}.", 1),
+    ("x_1 = 2, x_2 = 3", r"$\boxed{2} \text{ and } \boxed{3}$", 1),
+    ("x_1 = 2, x_2 = 3", r"$\boxed{3} \text{ and } \boxed{2}$", 0),
+    ("143", "So, \\boxed{143}\n\n**Final Answer**\n\\boxed{143}", 1),
+    ("143", "So, \\boxed{142}\n\n**Final Answer**\n\\boxed{143}", 1),  # the earlier box is a separate step
     (r"\boxed{1}\boxed{2}", r"\boxed{2, 1}", 1),
     (r"\boxed{1}\boxed{2}", r"\boxed{2}", 0),
     (r"\(\boxed{1}\) and \(\boxed{-2}\).", r"$\boxed{-2, 1}$.", 1),
@@ -1190,6 +1194,7 @@ PATHOLOGICAL = [
     ("\\boxed{" + ":".join(["1"] * 400) + "}", "1"),
     ("\\boxed{" + "; ".join(["(1; 2)"] * 150) + "}", "(1, 2)"),
     ("\\boxed{1} and " * 30 + "\\boxed{" + "(" * 300, "1"),
+    (("\\boxed{1}" + " and" * 48 + " x" + "\\boxed{2}") * 50, "1, 2"),  # separators that backtrack exponentially
 ]
 
 
