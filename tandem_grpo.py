@@ -668,6 +668,8 @@ _RULES = [(re.compile(p), r) for p, r in [
     (r"\\\\(?=[a-zA-Z{}%$])", r"\\"),                             # a doubled backslash: \\dfrac is \dfrac
     (r"\\\$|\$", ""),                                             # $...$ and dollar signs
     (r"^\\[(\[]|\\[)\]]$", ""),                                   # \( ... \), \[ ... \]
+    (r"^\((\\begin\{([pb]?matrix)\}.*\\end\{\2\})\)$", r"\1"),             # (\begin{pmatrix}..\end{pmatrix})
+    (r"\*\*", "^"),                                               # Python's power: 3*s**2
     (r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])|\\(?:display|text)style", ""),
     (r"\\[dtc]frac", r"\\frac"),
     (r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}"),                 # \frac12

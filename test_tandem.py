@@ -913,6 +913,10 @@ CASES = [
     (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{pmatrix}1&2\\3&-4\end{pmatrix}}", 0),
     (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 \\ -2 \end{pmatrix}}", 1),
     (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 & -2 \end{pmatrix}}", 0),
+    (r"(\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix})",
+     r"\boxed{\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\end{pmatrix}}", 1),
+    (r"(\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix})",
+     r"\boxed{\begin{pmatrix}-\frac{7}{4}&2\\4&\frac{1}{4}\end{pmatrix}}", 0),
     (r"\begin{pmatrix} \frac{1}{2} & 0 \\ 0 & \frac{1}{2} \end{pmatrix}",
      r"\boxed{\begin{pmatrix} 0.5 & 0 \\ 0 & 1/2 \end{pmatrix}}", 1),
     # --- more forms seen in model outputs --------------------------------------------------------
@@ -1086,6 +1090,8 @@ CASES = [
     ("1e-5", r"\boxed{0.00001}", 1),
     ("1e-5", r"\boxed{e-5}", 0),
     ("e-5", r"\boxed{1e-5}", 0),
+    ("3*s**2", r"\boxed{3s^2}", 1),
+    ("3*s**2", r"\boxed{3s^3}", 0),
     ("1.2e3", r"\boxed{1200}", 1),
     # --- ratios are the number a/b ------------------------------------------------------------------------
     ("3:4", r"\boxed{\frac34}", 1),
