@@ -985,6 +985,11 @@ CASES = [
     ([r"\frac{\pi}{3}", r"60^\circ"], r"\boxed{\frac{\pi}{6}}", 0),
     (["4.5e33", r"4.5 \times 10^{33}"], r"\boxed{45 \times 10^{32}}", 1),
     ([], r"\boxed{5}", 0),
+    # --- \{ and \} are escaped braces: a piecewise gold is no empty box ---------------------------------------
+    (r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 3 & p \ge 1 \end{array} \right.}",
+     r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 3 & p \ge 1 \end{array} \right.}", 1),
+    (r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 3 & p \ge 1 \end{array} \right.}",
+     r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 4 & p \ge 1 \end{array} \right.}", 0),
     # --- labelled parts: name = value items against bare values, in order ---------------------------------
     ("45, 2", r"\boxed{k = 45, n = 2}", 1),
     ("45, 2", r"\boxed{k = 2, n = 45}", 0),
@@ -1093,6 +1098,7 @@ CASES = [
     ("3*s**2", r"\boxed{3s^2}", 1),
     ("3*s**2", r"\boxed{3s^3}", 0),
     ("1.2e3", r"\boxed{1200}", 1),
+    ("7.5e+33", r"\boxed{7.5 \times 10^{33}}", 1),
     # --- ratios are the number a/b ------------------------------------------------------------------------
     ("3:4", r"\boxed{\frac34}", 1),
     (r"\frac{3}{4}", r"\boxed{3:4}", 1),
