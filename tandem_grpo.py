@@ -593,10 +593,11 @@ def main(args):
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
-# reward(completion, gold) is 1.0 when the last \boxed{} answer of the completion means the same as the gold answer,
-# else 0.0. Model text never reaches eval(): a whitelist tokenizer and a small recursive-descent parser build sympy
-# objects directly, every size that makes sympy slow is capped before building, and equality is decided by exact
-# rationals, sympy's canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
+# reward(completion, gold) is 1.0 when the final \boxed{} answer of the completion (its last box, with the boxes
+# joined to it by separators) means the same as the gold answer (or one of a list of them), else 0.0. Model text
+# never reaches eval(): a whitelist tokenizer and a small recursive-descent parser build sympy objects directly,
+# every size that makes sympy slow is capped before building, and equality is decided by exact rationals, sympy's
+# canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
 # Policies (percent, units, tolerance, lists vs tuples, ...) are listed in README.md.
 # Pipeline: extraction (final_answer) -> normalisation (_normalize) -> parser (_Parser, _parse) -> equality (_equal).
 
@@ -668,7 +669,7 @@ _RULES = [(re.compile(p), r) for p, r in [
     (r"\\\\(?=[a-zA-Z{}%$])", r"\\"),                             # a doubled backslash: \\dfrac is \dfrac
     (r"\\\$|\$", ""),                                             # $...$ and dollar signs
     (r"^\\[(\[]|\\[)\]]$", ""),                                   # \( ... \), \[ ... \]
-    (r"^\((\\begin\{([pb]?matrix)\}.*\\end\{\2\})\)$", r"\1"),             # (\begin{pmatrix}..\end{pmatrix})
+    (r"^\((\\begin\{([pb]?matrix)\}.*\\end\{\2\})\)$", r"\1"),    # a matrix in parentheses
     (r"\*\*", "^"),                                               # Python's power: 3*s**2
     (r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])|\\(?:display|text)style", ""),
     (r"\\[dtc]frac", r"\\frac"),
