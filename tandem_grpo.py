@@ -1135,7 +1135,7 @@ def _equal(a, b, k, deadline):
     if _labels(a) is None:
         a, b = b, a
     if _labels(a) is not None and _labels(b) is None:  # labelled parts vs bare values: the values, in order
-        ys = b[2] if b[0] == "tuple" else b[1] if b[0] == "set" else []
+        ys = b[2] if b[0] == "tuple" and b[1] == "()" else b[1] if b[0] == "set" else []
         return len(ys) == len(a[1]) and all(y[0] != "eq" and _equal(x, y, k, deadline)
                                             for x, y in zip(_labels(a), ys))
     if a[0] == "eq" and b[0] != "eq":
