@@ -154,10 +154,20 @@ def prompt_ids(tokenizer, problem):
     return tokenizer(text, add_special_tokens=False).input_ids
 
 # ------------------------------------------------------------------------------------------------------------------
-# Reward: 1 if the last \boxed{} of the completion equals the gold answer, else 0 (no format reward)
-# reward(completion, gold) -> 1.0 or 0.0 is the only signal RL gets. Deciding "equals" for competition answers
-# (\frac12 vs 0.5, \{1,2\} vs \{2,1\}, x = 3 vs 3, units, intervals, ...) without ever running model text through
-# eval() takes a few hundred lines: they sit in the appendix at the end of this file.
+# Reward: 1 if the final \boxed{} answer of the completion equals the gold answer, else 0 (no format reward)
+# reward(completion, gold) -> 1.0 or 0.0 is the only signal RL gets. Its two helpers live in the last appendix:
+# final_answer() finds the last box (with boxes joined to it only by separators: "\boxed{3} and \boxed{-5}"), and
+# answers_equal() decides "means the same" for competition answers (\frac12 vs 0.5, \{1,2\} vs \{2,1\}, x = 3 vs 3,
+# units, intervals, ...) without ever running model text through eval(): that takes a few hundred lines.
+
+def reward(completion, gold):
+    """1.0 if the final boxed answer of the completion equals the gold answer (a string, or a list of accepted
+    answers: any one), else 0.0. A gold that is a worked solution gives its final boxed answer."""
+    try:
+        pred, golds = final_answer(completion), [gold] if isinstance(gold, str) else list(gold)
+        return float(pred is not None and any(answers_equal(pred, final_answer(g) or g) for g in golds))
+    except Exception:
+        return 0.0
 
 # ------------------------------------------------------------------------------------------------------------------
 # Co-generation: two models, two KV caches, one token stream
@@ -1394,15 +1404,6 @@ def answers_equal(pred, gold):
         return any(_equal(x, y, k, deadline) for x in pv for y in gv)
     except Exception:  # unparseable, too big or too slow: simply not equal
         return False
-
-def reward(completion, gold):
-    """1.0 if the final boxed answer of the completion equals the gold answer (a string, or a list of accepted
-    answers: any one), else 0.0. A gold that is a worked solution gives its final boxed answer."""
-    try:
-        pred, golds = final_answer(completion), [gold] if isinstance(gold, str) else list(gold)
-        return float(pred is not None and any(answers_equal(pred, final_answer(g) or g) for g in golds))
-    except Exception:
-        return 0.0
 
 if __name__ == "__main__":
     try:
