@@ -158,10 +158,20 @@ def prompt_ids(tokenizer, problem):
     return tokenizer(text, add_special_tokens=False).input_ids
 
 # ------------------------------------------------------------------------------------------------------------------
-# Reward: 1 if the last \boxed{} of the completion equals the gold answer, else 0 (no format reward)
-# reward(completion, gold) -> 1.0 or 0.0 is the only signal RL gets. Deciding "equals" for competition answers
-# (\frac12 vs 0.5, \{1,2\} vs \{2,1\}, x = 3 vs 3, units, intervals, ...) without ever running model text through
-# eval() takes a few hundred lines: they sit in the appendix at the end of this file.
+# Reward: 1 if the final \boxed{} answer of the completion equals the gold answer, else 0 (no format reward)
+# reward(completion, gold) -> 1.0 or 0.0 is the only signal RL gets. Its two helpers live in the last appendix:
+# final_answer() finds the last box (with boxes joined to it only by separators: "\boxed{3} and \boxed{-5}"), and
+# answers_equal() decides "means the same" for competition answers (\frac12 vs 0.5, \{1,2\} vs \{2,1\}, x = 3 vs 3,
+# units, intervals, ...) without ever running model text through eval(): that takes a few hundred lines.
+
+def reward(completion, gold):
+    """1.0 if the final boxed answer of the completion equals the gold answer (a string, or a list of accepted
+    answers: any one), else 0.0. A gold that is a worked solution gives its final boxed answer."""
+    try:
+        pred, golds = final_answer(completion), [gold] if isinstance(gold, str) else list(gold)
+        return float(pred is not None and any(answers_equal(pred, final_answer(g) or g) for g in golds))
+    except Exception:
+        return 0.0
 
 # ------------------------------------------------------------------------------------------------------------------
 # Co-generation: two models, two KV caches, one token stream
@@ -1016,14 +1026,18 @@ def stop_hint(out, step):
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
-# reward(completion, gold) is 1.0 when the last \boxed{} answer of the completion means the same as the gold answer,
-# else 0.0. Model text never reaches eval(): a whitelist tokenizer and a small recursive-descent parser build sympy
-# objects directly, every size that makes sympy slow is capped before building, and equality is decided by exact
-# rationals, sympy's canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
+# reward(completion, gold) is 1.0 when the final \boxed{} answer of the completion (its last box, with the boxes
+# joined to it by separators) means the same as the gold answer (or one of a list of them), else 0.0. Model text
+# never reaches eval(): a whitelist tokenizer and a small recursive-descent parser build sympy objects directly,
+# every size that makes sympy slow is capped before building, and equality is decided by exact rationals, sympy's
+# canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
 # Policies (percent, units, tolerance, lists vs tuples, ...) are listed in README.md.
+# Pipeline: extraction (final_answer) -> normalisation (_normalize) -> parser (_Parser, _parse) -> equality (_equal).
 
 MAX_ANSWER = 1000        # longer answers are only compared as plain strings
 MAX_BOX_SCAN = 10_000    # a \boxed{ not closed within this many chars is no answer
+MAX_BOXES = 50           # boxes joined into one answer
+MAX_TERMS = 1000         # a \sum or \prod with numeric bounds is evaluated up to this many terms
 MAX_DEPTH = 40           # parser nesting depth
 MAX_BITS = 100_000       # largest exact rational we build (~30k digits)
 MAX_ROOT_BITS = 512      # sympy factors radicands and function arguments: keep them small
@@ -1044,46 +1058,69 @@ def _check(ok, why="unsupported"):
 def _tick(deadline):
     _check(time.monotonic() < deadline, "out of time")
 
-# --- extraction --------------------------------------------------------------------------
-def last_boxed(text):
-    """Content of the last \\boxed{...} / \\fbox{...} (braces matched), or x in '\\boxed x'."""
-    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if i < 0:
-        return None
-    rest = text[i + (6 if text.startswith("\\boxed", i) else 5):][:MAX_BOX_SCAN]
-    m = re.match(r"\s*\{", rest)
+# --- extraction: the last box, with the boxes joined to it only by separators -------------------------
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BARE = re.compile(r"\\(?:boxed|fbox)[ \t]+([^\s$]+)")
+_BRACE = re.compile(r"\\[{}]|[{}]")  # \{ and \} are escaped braces, not grouping
+_GAP = re.compile(r"(?:\s|[,;.&$]|\\[()\[\]\\,;: !]|\\q?quad|\b(?:and|or)\b"  # the alternatives are disjoint,
+                  r"|\b(?!and\b|or\b)[a-zA-Z]+\s(?=\s*(?:and|or)\b)"         # so matching stays linear
+                  r"|\\text(?:rm|normal)?\s*\{(?:\s|[,;.]|\b(?:and|or|for|parts?)\b|\(\w\))*\}"
+                  r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*")  # commas, and/or, \quad, \text{ and }, labels "y_2 ="
+
+def _box_at(text, i):
+    """(content, end) of the box starting at text[i]; (None, i) when it is not closed within MAX_BOX_SCAN."""
+    m = _OPEN.match(text, i)
     if not m:  # "\boxed 5": the next run of non-space characters
-        m = re.match(r"[ \t]+([^\s$]+)", rest)
-        return m.group(1) if m else None
-    depth = 0
-    for b in re.finditer(r"[{}]", rest[m.end() - 1:]):
-        depth += 1 if b.group() == "{" else -1
+        m = _BARE.match(text, i)
+        return (m.group(1), m.end()) if m else (None, i)
+    depth = 1
+    for b in _BRACE.finditer(text, m.end(), m.end() + MAX_BOX_SCAN):
+        depth += {"{": 1, "}": -1}.get(b.group(), 0)
         if depth == 0:
-            return rest[m.end():m.end() - 1 + b.start()]
-    return None  # unclosed, e.g. a truncated completion
+            return text[m.end():b.start()], b.end()
+    return None, i
+
+def final_answer(text):
+    """The last box's content; with earlier boxes joined to it only by separators, all of them as a list
+    ('\\boxed{3} and \\boxed{-5}' is '3, -5'). No box, or an unclosed last one (truncated), is None."""
+    parts, i = [], len(text)
+    for j in reversed([m.start() for m in _BOX.finditer(text)][-MAX_BOXES:]):
+        c, end = _box_at(text, j)
+        if c is None or end > i or (parts and (i - end > 200 or not _GAP.fullmatch(text, end, i))):
+            break  # unclosed, nested, or a box from an earlier, separate step
+        parts, i = [c] + parts, j
+    return ", ".join(parts) if parts else None
 
 # --- normalisation: spellings that do not change the answer -----------------------------------
 _UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u00f7": "\\div ",
             "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ",
-            "\u00b0": "", "\u222a": "\\cup ", "\u00b1": "\\pm "}
+            "\u00b0": "", "\u222a": "\\cup ", "\u00b1": "\\pm ", "\u20ac": "", "\u2032": "'",
+            "\u00b2": "^2", "\u00b3": "^3"}
 _RULES = [(re.compile(p), r) for p, r in [
+    (r"(?<=\d)\s*(?:[kcdm]?m|ft|in)[\u00b2\u00b3]$", ""),         # a unit glyph: 1,000.99 m²
+    (r"\\\\(?=[a-zA-Z{}%$])", r"\\"),                             # a doubled backslash: \\dfrac is \dfrac
     (r"\\\$|\$", ""),                                             # $...$ and dollar signs
     (r"^\\[(\[]|\\[)\]]$", ""),                                   # \( ... \), \[ ... \]
+    (r"^\((\\begin\{([pb]?matrix)\}.*\\end\{\2\})\)$", r"\1"),    # a matrix in parentheses
+    (r"\*\*", "^"),                                               # Python's power: 3*s**2
     (r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])|\\(?:display|text)style", ""),
     (r"\\[dtc]frac", r"\\frac"),
     (r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}"),                 # \frac12
+    (r"(?<=\d),\\!\s*(?=\d{3}(?!\d))", ""),                       # 11,\!111,\!100 and 20,\!000
     (r"(?<!\\)\\!|\{,\}|(?<=\d)\\,(?=\d{3}(?!\d))", ""),          # \!, 10{,}000, 10\,000
-    (r"(?<!\\)\\[,;: ]|\\q?quad(?![a-zA-Z])|~", " "),             # spacing
+    (r"(?<!\\)\\[,;: ]|\\q?quad|~", " "),                         # spacing
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""),             # degrees dropped: 30^\circ == 30
-    (r"\\?%", ""),                                                # percent sign dropped: 50\% == 50
+    (r"\^\s*\{?\\prime\}?", "'"),                                 # f^{\prime} is f'
+    (r"\\?%", ""),                                                # percent sign dropped (see _readings)
     (r"\\emptyset|\\varnothing", r"\\{\\}"),
     (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),
-    (r"^\s*([a-zA-Z]\s*)?\\approx", r"\1="),                      # "x \approx 0.33" is x = 0.33
-    (r"(?<=\S)\s*\\approx.*$", ""),                               # "\frac13 \approx 0.33" is \frac13
+    (r"(^|,)\s*([a-zA-Z](?:_\{?\w+\}?)?)\s*\\approx", r"\1\2="),   # "x \approx 0.33" is x = 0.33
+    (r"(?<=\S)\s*\\approx[^,]*", ""),                             # "\frac13 \approx 0.33" is \frac13, per item
     # a trailing \text{ cm}, \mbox{ square units}^2 ... after a number is a unit
-    (r"(?<=[\w})])\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z\s.]*\}(?:\^\{?[23]\}?)?\s*$", ""),
-    (r"\\(?:text(?:bf|it|rm)?|mbox|math(?:rm|bf|it)|boldsymbol|operatorname)\s*\{([^{}]*)\}", r"\1"),
-    (r"\s+(?:and|or)\s+", ", "),                                  # "2 and 3" is a list
+    (r"(?<=[\w})])\s*\\(?:text(?:normal|rm)?|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z\s.]*\}(?:\^\{?[23]\}?)?\s*$", ""),
+    (r"\\(?:text(?:bf|it|rm|normal)?|mbox|math(?:rm|bf|it)|boldsymbol|operatorname)\s*\{([^{}]*)\}", r"\1"),
+    (r"(?:\s*,)?\s+(?:and|or)\s+|(?<=[)\]])\s*(?:and|or)\s*(?=[(\[])", ", "),  # "2, 3, and 4" is a list
     (r"(?<![\\a-zA-Z])(sqrt|pi|infty|sin|cos|tan|ln|log|exp)(?![a-zA-Z])", r"\\\1"),
     (r"(?<=[\d})])\s+(?:[a-zA-Z]{2,}\b\.?\s*)+(?:\^\{?[23]\}?)?$", ""),  # "5 square units"
     (r"^\s*=|[\s.,;]+$", ""),                                     # leading '=', trailing period
@@ -1092,10 +1129,12 @@ _RULES = [(re.compile(p), r) for p, r in [
 
 def _normalize(s):
     s = " ".join(s.split())  # collapse whitespace first: keeps the rules below linear
+    for pat, rep in _RULES[:2] if "\\begin" not in s else _RULES[:1]:  # matrix rows end in \\
+        s = pat.sub(rep, s)
     for u, r in _UNICODE.items():
         s = s.replace(u, r)
     for _ in range(2):  # twice, for nested \text{\textbf{...}}
-        for pat, rep in _RULES:
+        for pat, rep in _RULES[2:]:
             s = pat.sub(rep, s.strip())
     if re.fullmatch(r"-?\d{1,3}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?", s):  # 10,000 and 10 000; not "32, 349"
         s = re.sub("[, ]", "", s)
@@ -1103,7 +1142,7 @@ def _normalize(s):
 
 def _is_text(s):
     """Words (3+ letters, or an all-letter answer like 'no') are text, not a product like x*y*z."""
-    s = re.sub(r"\\(?:begin|end)\{\w+\}", "", s)
+    s = re.sub(r"\\(?:begin|end)\{\w+\}|_\{\w+\}", "", s)  # S_{MBCN} is a name
     return bool(re.search(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}", s) or re.fullmatch(r"[a-zA-Z ]*[a-zA-Z]{2}[a-zA-Z ]*", s))
 
 def _choice(s):
@@ -1119,7 +1158,7 @@ def _decimals(s):
     return max(map(len, found)) if found else None
 
 # --- LaTeX -> sympy through a whitelist, with sizes capped before sympy sees them ----------------
-_TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+|\\[a-zA-Z]+|<=|>=|[a-zA-Z]|[-+*/^_!()\[\]{}|=<>])")
+_TOKEN = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?|\\[a-zA-Z]+|<=|>=|[a-zA-Z]|[-+*/^_!()\[\]{}|=<>:'])")
 _FUNCS = {"sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "cot": sp.cot, "sec": sp.sec, "csc": sp.csc,
           "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan, "sinh": sp.sinh, "cosh": sp.cosh,
           "tanh": sp.tanh, "ln": sp.log, "log": sp.log, "exp": sp.exp}  # \log is the natural log
@@ -1129,6 +1168,7 @@ _GREEK = set("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta 
              "rho sigma tau phi varphi chi psi omega Gamma Delta Theta Lambda Sigma Phi Psi Omega".split())
 _RELOPS = {"=": "=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "\\lt": "<", "\\gt": ">",
            "\\le": "<=", "\\leq": "<=", "\\leqslant": "<=", "\\ge": ">=", "\\geq": ">=", "\\geqslant": ">="}
+_STARTS = ("frac", "sqrt", "binom", "lfloor", "lceil", "overline", "bar", "sum", "prod")
 _LONE = re.compile(r"\s*(?:[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-zA-Z, ]*\))?|\\[a-zA-Z]+)\s*=")  # x = .., f(x) = ..
 
 def _bits(r):
@@ -1168,6 +1208,7 @@ class _Parser:
         self.toks = _TOKEN.findall(s)
         _check("".join(self.toks) == "".join(s.split()), "bad character")  # anything off the whitelist
         self.i, self.sign, self.deadline, self.depth, self.bars, self.root_bits = 0, sign, deadline, 0, 0, 0
+        self.bound = {}
 
     def peek(self):
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -1190,16 +1231,21 @@ class _Parser:
         return {"+": 1, "-": -1, "\\pm": self.sign, "\\mp": -self.sign}[op]
 
     def relation(self, lone):
-        exprs, ops = [self.expr()], []
+        exprs, ops = [self.ratio()], []
         while self.peek() in _RELOPS:
             ops.append(_RELOPS[self.take()])
-            exprs.append(self.expr())
+            exprs.append(self.ratio())
         _check(self.peek() is None, "trailing input")
         if not ops:
             return ("expr", exprs[0])
-        if set(ops) == {"="}:  # x = 6/2 = 3 reads as x = 3
-            return ("eq", exprs[0], exprs[-1], lone)
+        if set(ops) == {"="}:  # x = 6/2 = 3 reads as x = 3; AB = 4 and log_6 216 = 3 have a value too
+            return ("eq", exprs[0], exprs[-1], lone or _named(exprs[0]) or not (exprs[0].free_symbols or
+                                                                               exprs[-1].free_symbols))
         return _interval(exprs, ops)
+
+    def ratio(self):  # a ratio a:b is the number a/b
+        e = self.expr()
+        return _div(e, self.expr()) if self.accept(":") else e
 
     def expr(self):
         self.nest(1)
@@ -1213,7 +1259,7 @@ class _Parser:
         if t is None or t[0].isdigit() or t[0] == ".":
             return False
         if t[0] == "\\":
-            return t[1:] in ("frac", "sqrt", "binom") or t[1:] in _CONSTS or t[1:] in _GREEK or (
+            return t[1:] in _STARTS or t[1:] in _CONSTS or t[1:] in _GREEK or (
                 funcs and t[1:] in _FUNCS)
         return t.isalpha() or t in ("(", "{") or (t == "|" and self.bars == 0)
 
@@ -1225,7 +1271,7 @@ class _Parser:
                 self.take()
                 f = self.unary()
                 e = _div(e, f) if t in ("/", "\\div") else _small(e * f)
-            elif self.starts_factor(t):
+            elif self.starts_factor(t) or (t and t[0].isdigit() and self.toks[self.i - 1] == ")"):  # (n-2)2^n
                 e = _small(e * self.power())
             else:
                 return e
@@ -1258,20 +1304,18 @@ class _Parser:
         self.nest(0)
         t = self.take()
         if t[0].isdigit() or t[0] == ".":
-            f, ahead = Fraction(t), self.toks[self.i:self.i + 7]  # exact: 0.1 is 1/10, never a float
+            if self.accept("_"):  # a number base: 52_8 is the digits 52 in base 8, never a value
+                return sp.Symbol(t + "_" + str(self.name_arg()))
+            t, x = (t.split("e") + ["0"])[:2]  # e-notation: 4.5e33, 1e-5 (never Euler's e)
+            _check(abs(int(x)) <= MAX_EXP, "exponent too big")
+            f, ahead = Fraction(t) * Fraction(10) ** int(x), self.toks[self.i:self.i + 7]  # exact: 0.1 is 1/10
             if mixed and t.isdigit() and ahead[:2] == ["\\frac", "{"] and ahead[3::3] == ["}", "}"]:
                 p, q = ahead[2], ahead[5]  # mixed number: 2\frac{1}{4} is 9/4
                 if p.isdigit() and q.isdigit() and 0 < int(p) < int(q):
                     f, self.i = f + Fraction(int(p), int(q)), self.i + 7
             return _small(sp.Rational(f.numerator, f.denominator))
-        if t.isalpha():
-            if self.accept("_"):  # x_1, a_{n}: one symbol
-                sub = [self.take()]
-                while sub[0] == "{" and sub[-1] != "}":
-                    sub.append(self.take())
-                _check(all(x.isalnum() for x in sub[1:-1] or sub), "bad subscript")
-                return sp.Symbol(t + "_" + "".join(sub).strip("{}"))
-            return {"e": sp.E, "i": sp.I}.get(t) or sp.Symbol(t)
+        if t.isalpha() or t[1:] in _GREEK:
+            return self.name(t.lstrip("\\"))
         if t in ("(", "[", "{"):
             return self.group({"(": ")", "[": "]", "{": "}"}[t])
         if t == "|":
@@ -1280,6 +1324,12 @@ class _Parser:
             self.bars -= 1
             return e
         name = t[1:]
+        if name in ("lfloor", "lceil"):
+            return _call(sp.floor if name == "lfloor" else sp.ceiling, self.group("\\r" + name[1:]))
+        if name in ("overline", "bar"):  # \overline{AB}: a name
+            return sp.Symbol(f"bar({self.name_arg(letter=True)})")  # never 0.\overline{3}
+        if name in ("sum", "prod"):
+            return self.big_op(name)
         if name == "frac":
             return _div(self.arg(), self.arg())
         if name == "sqrt":
@@ -1297,8 +1347,53 @@ class _Parser:
             return self.function(name)
         if name in _CONSTS:
             return _CONSTS[name]
-        _check(name in _GREEK, "unknown command " + t)
-        return sp.Symbol(name)
+        _check(False, "unknown command " + t)
+
+    def name_arg(self, letter=False):  # a {group} or one token of letters and digits only, as written
+        toks = self.group_tokens() if self.peek() == "{" else [self.take()]
+        _check(toks and all(x.isalnum() for x in toks) and (toks[0][0].isalpha() or not letter), "bad name")
+        return "".join(toks)
+
+    def group_tokens(self):
+        self.take("{")
+        j = self.toks.index("}", self.i)  # ValueError if unclosed: caught as not equal
+        toks, self.i = self.toks[self.i:j], j + 1
+        return toks
+
+    def name(self, t):  # x, x_1, a_{n}, \rho_0, f' as one symbol; F_{n-k-1} as F applied to n-k-1
+        if self.accept("_"):
+            if self.peek() != "{" or all(x.isalnum() for x in self.toks[self.i + 1:self.toks.index("}", self.i)]):
+                sub = self.name_arg()
+                return self.primes(t + "_" + str(self.bound.get(sub, sub)))  # a_k in \sum_{k=1}^{3} a_k
+            return sp.Function(t)(self.arg())
+        if t in self.bound:  # the index of an enclosing \sum with numeric bounds
+            return self.bound[t]
+        return self.primes(t) if self.peek() == "'" or t not in "ei" else {"e": sp.E, "i": sp.I}[t]
+
+    def primes(self, t):
+        while self.accept("'"):
+            t += "'"
+        return sp.Symbol(t)
+
+    def big_op(self, name):  # \sum_{k=1}^{n} body: summed when the bounds are small numbers, else kept as written
+        self.take("_")
+        self.take("{")
+        k = sp.Symbol(self.take())
+        _check(k.name.isalpha(), "bad index")
+        self.take("=")
+        lo = self.group("}")
+        self.take("^")
+        hi, start = self.arg(), self.i
+        if not (lo.is_Integer and hi.is_Integer and hi - lo < MAX_TERMS):
+            return (sp.Sum if name == "sum" else sp.Product)(self.term(), (k, lo, hi))
+        e = sp.Integer(name == "prod")
+        for v in range(int(lo), int(hi) + 1):  # the body parsed again with k = v: every size cap still applies
+            self.i, self.bound[k.name] = start, sp.Integer(v)
+            e = _small(e + self.term() if name == "sum" else e * self.term())
+        self.bound.pop(k.name, None)
+        if lo > hi:  # an empty range: skip its body
+            self.term()
+        return e
 
     def function(self, name):
         f, p = _FUNCS[name], (self.exponent() if self.accept("^") else None)  # \sin^2 x
@@ -1314,6 +1409,12 @@ class _Parser:
         y = _call(f, x) if base is None else _call(sp.log, x, base)
         return y if p is None else _pow(y, p, self)
 
+def _named(e):
+    """A quantity named by letters: x, AB, NO/BO, |AB|; its equation 'AB = 4' gives the value 4."""
+    if e.is_Pow:
+        return e.exp == -1 and _named(e.base)
+    return e.is_Symbol or (e.func in (sp.Mul, sp.Abs) and all(_named(x) for x in e.args))
+
 def _interval(exprs, ops):
     """x > 3 -> (3, oo); -1 <= x < 2 -> [-1, 2)."""
     if all(o[0] == ">" for o in ops):
@@ -1321,7 +1422,7 @@ def _interval(exprs, ops):
     _check(all(o[0] == "<" for o in ops) and len(exprs) in (2, 3), "not an interval")
     if len(exprs) == 2:
         exprs, ops = ([-sp.oo] + exprs, ["<"] + ops) if exprs[0].is_Symbol else (exprs + [sp.oo], ops + ["<"])
-    _check(exprs[1].is_Symbol, "not an interval")
+    _check(bool(exprs[1].free_symbols), "not an interval")  # x, or f(x) in 0 < f(x) < 1
     brackets = ("[" if ops[0] == "<=" else "(") + ("]" if ops[1] == "<=" else ")")
     return ("tuple", brackets, [("expr", exprs[0]), ("expr", exprs[2])])
 
@@ -1362,15 +1463,20 @@ def _parse(s, deadline, depth=0):
         v = _parse(s[m.end():], deadline, depth + 1)
         if v[0] != "expr":
             return v
+    parts = _split(s, ";")
+    if len(parts) > 1:  # -12; -11; -10 and p=5, q=2; p=7, q=2
+        return ("set", [_parse(p, deadline, depth + 1) for p in parts])
     parts = _split(s, ",")
     parts = parts if len(parts) > 1 else _split(s, "\\cup")
     if len(parts) > 1:  # a bare list is unordered: "enter all the solutions"
         return ("set", _items(parts, deadline, depth))
-    if s.startswith("\\{") and s.endswith("\\}") and _wrapped(s[1:]):
-        inner = s[2:-2].strip()
+    b = 2 if s.startswith("\\{") and s.endswith("\\}") else 1 if s[:1] + s[-1:] == "{}" else 0
+    if b and _wrapped(s[b - 1:]) and (b == 2 or len(_split(s[1:-1], ",")) > 1):  # \{1, 2\} and {1, 2}
+        inner = s[b:-b].strip()
         return ("set", _items(_split(inner, ","), deadline, depth) if inner else [])
     if s[:1] in ("(", "[") and s[-1:] in (")", "]") and _wrapped(s):
         items = _split(s[1:-1], ",")
+        items = items if len(items) > 1 else _split(s[1:-1], ";")  # (0; -2; 6) is (0, -2, 6)
         if len(items) > 1:  # ordered pair or interval: the brackets matter
             return ("tuple", s[0] + s[-1], [_parse(p, deadline, depth + 1) for p in items])
     m = re.fullmatch(r"\\begin\{([pb]?matrix)\}(.*)\\end\{\1\}", s, re.S)
@@ -1386,7 +1492,7 @@ def _parse(s, deadline, depth=0):
 _MPFUNCS = {sp.sin: "sin", sp.cos: "cos", sp.tan: "tan", sp.cot: "cot", sp.sec: "sec", sp.csc: "csc",
             sp.asin: "asin", sp.acos: "acos", sp.atan: "atan", sp.sinh: "sinh", sp.cosh: "cosh",
             sp.tanh: "tanh", sp.exp: "exp", sp.log: "log", sp.Abs: "fabs", sp.factorial: "factorial",
-            sp.binomial: "binomial"}
+            sp.binomial: "binomial", sp.floor: "floor", sp.ceiling: "ceil"}
 _MPCONSTS = {sp.pi: "pi", sp.E: "e", sp.I: "j"}
 
 def _eval(e, env, ctx, deadline):
@@ -1448,14 +1554,29 @@ def _same_expr(a, b, k, deadline):
     pts = _samples(a, b, deadline)
     return bool(pts) and all(_close(x, y, tol) for x, y in pts)
 
+def _labels(v):
+    """The values, in order, of a list of name = value items with distinct names ('k = 45, n = 2'); else None."""
+    items = v[1] if v[0] == "set" else []
+    names = {x[1] for x in items if x[0] == "eq" and x[3]}
+    return [("expr", x[2]) for x in items] if len(items) > 1 and len(names) == len(items) else None
+
+def _distinct(items):  # a list names each item once: "1, 2, 2" is {1, 2}
+    return [x for i, x in enumerate(items) if x not in items[:i]]
+
 def _equal(a, b, k, deadline):
     _tick(deadline)
+    if _labels(a) is None:
+        a, b = b, a
+    if _labels(a) is not None and _labels(b) is None:  # labelled parts vs bare values: the values, in order
+        ys = b[2] if b[0] == "tuple" and b[1] == "()" else b[1] if b[0] == "set" else []
+        return len(ys) == len(a[1]) and all(y[0] != "eq" and _equal(x, y, k, deadline)
+                                            for x, y in zip(_labels(a), ys))
     if a[0] == "eq" and b[0] != "eq":
         a, b = b, a
     if b[0] == "eq" and a[0] != "eq":  # "x = 3" vs "3": the value of the named unknown
         return b[3] and _equal(a, ("expr", b[2]), k, deadline)
-    if "set" in (a[0], b[0]):  # unordered, with multiplicity: each item matched once
-        xs, ys = (v[1] if v[0] == "set" else [v] for v in (a, b))
+    if "set" in (a[0], b[0]):  # unordered sets: each distinct item matched once
+        xs, ys = (_distinct(v[1] if v[0] == "set" else [v]) for v in (a, b))
         if len(xs) != len(ys):
             return False
         ys = list(ys)
@@ -1474,17 +1595,24 @@ def _equal(a, b, k, deadline):
         return len(a[2]) == len(b[2]) and all(_equal(x, y, k, deadline) for x, y in zip(a[2], b[2]))
     if a[3] and b[3] and a[1] == b[1]:  # y = 2x+3 vs y = 3+2x
         return _same_expr(a[2], b[2], k, deadline)
+    if not (a[1].free_symbols | a[2].free_symbols | b[1].free_symbols | b[2].free_symbols):  # log_6 216 = 3
+        return any(_same_expr(a[1], x, k, deadline) and _same_expr(a[2], y, k, deadline)
+                   for x, y in ((b[1], b[2]), (b[2], b[1])))
     # other equations: L1 - R1 = c (L2 - R2) for a constant c != 0 (scaled, sides swapped)
     pts = _samples(a[1] - a[2], b[1] - b[2], deadline)
     ratios = [x / y for x, y in pts if y != 0]
     tol = TIGHT_TOL if k is None else float(REL_TOL)
     return len(pts) == len(ratios) > 1 and ratios[0] != 0 and all(_close(r, ratios[0], tol) for r in ratios)
 
+def _readings(v, percent):  # 25\% may be written 25 or 0.25
+    return [v, ("expr", v[1] / 100)] if percent and v[0] == "expr" else [v]
+
 def answers_equal(pred, gold):
     """True when the answer string pred means the same as the answer string gold."""
     try:
         if len(pred) > MAX_ANSWER or len(gold) > MAX_ANSWER:
             return pred.strip() == gold.strip()
+        pct = [bool(re.search(r"%|percent", x)) for x in (pred, gold)]
         p, g = _normalize(pred), _normalize(gold)
         if p == g:
             return bool(p)
@@ -1499,17 +1627,10 @@ def answers_equal(pred, gold):
         dp, dg = _decimals(p), _decimals(g)  # a tolerance only for a decimal against an exact value
         k = max(dp or 0, dg or 0) if (dp is None) != (dg is None) else None
         deadline = time.monotonic() + TIME_BUDGET
-        return bool(_equal(_parse(p, deadline), _parse(g, deadline), k, deadline))
+        pv, gv = (_readings(_parse(x, deadline), q) for x, q in ((p, pct[0]), (g, pct[1])))
+        return any(_equal(x, y, k, deadline) for x in pv for y in gv)
     except Exception:  # unparseable, too big or too slow: simply not equal
         return False
-
-def reward(completion, gold):
-    """1.0 if the last boxed answer of the completion equals the gold answer, else 0.0."""
-    try:
-        pred = last_boxed(completion)
-        return float(pred is not None and answers_equal(pred, last_boxed(gold) or gold))
-    except Exception:
-        return 0.0
 
 if __name__ == "__main__":
     try:
