@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+from torch.multiprocessing.spawn import ProcessException
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
@@ -759,12 +760,12 @@ def test_a_collective_gives_up_after_the_timeout(tok):
     which rank failed and why in one line."""
     def work(r, port):
         os.environ.update(ranks_env(r, 2, port))
-        tg.start_ranks(args_for(tok, timeout=1 / 60, device="cpu"))
+        tg.start_ranks(args_for(tok, timeout=2 / 60, device="cpu"))
         try:
             if r == 1:
-                time.sleep(3)
+                time.sleep(4)
             else:
-                with pytest.raises(RuntimeError, match="Timed out waiting 1000ms") as e:
+                with pytest.raises(RuntimeError, match="Timed out waiting 2000ms") as e:
                     tg.all_sum(1.0)
                 with contextlib.redirect_stderr(io.StringIO()) as err:
                     tg.rank_failed(e.value)
@@ -795,9 +796,10 @@ def test_two_rank_demo_loses_a_rank_and_resumes_on_one(tmp_path, capsys):
     while not ((out / "latest").exists() and (out / "latest").read_text() >= "step_000002") and time.time() < deadline:
         time.sleep(0.1)
     os.kill(job.pids()[1], signal.SIGKILL)
-    with pytest.raises(torch.multiprocessing.ProcessExitedException, match="process 1 terminated with signal SIGKILL"):
+    with pytest.raises(ProcessException):   # rank 1 died (or rank 0 lost it first)
         while not job.join():
             pass
+    assert job.processes[1].exitcode == -signal.SIGKILL and not any(p.is_alive() for p in job.processes)
     k = int((out / "latest").read_text()[len("step_"):])
     assert k >= 2 and (out / f"step_{k:06d}" / "optim").is_dir()
     tg.main(tg.get_args([*small, "--steps", str(k + 2), "--resume"]))
