@@ -92,7 +92,7 @@ def get_args(argv=None):
     a("--demo", action="store_true", help="run the bundled CPU demo (tiny model, toy arithmetic)")
     a("--memory-report", action="store_true", help="print the GPU memory budget for this setting and exit")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    a("--fsdp", action=argparse.BooleanOptionalAction, help="shard the senior with FSDP2 (default: on with >1 ranks)")
+    a("--fsdp", action=argparse.BooleanOptionalAction, help="shard the senior with FSDP2 (None: on with >1 rank)")
     a("--shard-junior", action="store_true", help="with --fsdp, shard the junior too (gathered for rollouts only)")
     a("--timeout", type=float, default=30, help="minutes a rank waits for the others before the whole job stops")
     a("--nproc", type=int, default=1, help="--memory-report: the budget of one of this many ranks (FSDP2)")
