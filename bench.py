@@ -155,7 +155,8 @@ def cpu_bench(a):
 
 # ------------------------------------------------------------------------------------------------------------------
 def reward_bench(a):
-    """reward() over the test table (CASES) and a stress set: pathological inputs, long completions, injections."""
+    """reward() over the test table (CASES) and a stress set: pathological inputs, long completions (joined boxes,
+    list and solution golds), injections."""
     from test_tandem import CASES, INJECTIONS, PATHOLOGICAL
     step = (r"Let $a_n = \frac{n(n+1)}{2}$, so $a_{n+1} - a_n = n + 1$ and $\sum_{k=1}^{n} k^2 = "
             r"\frac{n(n+1)(2n+1)}{6}$. Checking $n = 3$: $1 + 4 + 9 = 14$. ")
@@ -164,7 +165,12 @@ def reward_bench(a):
             (step * 200 + r"Final answer: \boxed{(-\infty, -2] \cup [3, \infty)}", r"(-\infty,-2]\cup[3,\infty)"),
             (step * 200 + r"Final answer: \boxed{x = \frac{-3 \pm \sqrt{17}}{4}}",
              r"\frac{-3+\sqrt{17}}{4}, \frac{-3-\sqrt{17}}{4}"),
-            (step * 100, "14")]  # no box at all
+            (step * 100, "14"),  # no box at all
+            (step * 40 + r"so the pairs are \boxed{(1, 2)}, \boxed{(2, 1)} \quad\text{and}\quad \boxed{(-1, -20)}.",
+             r"(2,1),(1,2),(-1,-20)"),  # joined boxes
+            (step * 40 + r"\boxed{k = 45} \quad \text{and} \quad \boxed{n = 2}", "45, 2"),  # labelled parts
+            (step * 40 + r"Thus $\boxed{4.5e33}$.", [r"4.5 \times 10^{33}", "4.5e33"]),  # a list of golds
+            (r"\boxed{\frac{7}{2}}", step * 40 + r"so the mean is $\boxed{3.5}$.")]  # a worked solution as gold
     stress = PATHOLOGICAL + long + [(r"\boxed{" + c.format(m="/tmp/never") + "}", "0") for c in INJECTIONS]
     tg.reward(r"\boxed{x+1}", "1+x")  # warm-up: sympy's first calls fill caches
     for name, pairs in (("table", [(c, g) for g, c, _ in CASES]), ("stress", stress)):
