@@ -239,7 +239,8 @@ def paper_bench(a):
             out[f"{tag}_decode_tok_s"] = G * a.short_tokens / dt
             out[f"{tag}_ms_per_step"] = dt / a.short_tokens * 1e3
     # 1b. the static-shape decode captured as CUDA graphs (--compile): the first call compiles and records (timed
-    #     apart), the second is timed; greedy tokens of both paths are compared (bf16 near-ties may flip a few)
+    #     apart), the second is timed; greedy tokens of both paths are compared (bf16 near-ties may flip a few).
+    #     With --device cpu these rows time the static path uncompiled (a smoke test of this code, not a figure)
     if not a.no_compiled:
         for sched in ("solo", "word"):
             t = time.time()
