@@ -298,12 +298,12 @@ def enders(tok):
     s.lm_head, j.lm_head = (Boost(EndWhen(m.lm_head, tok.eos_token_id), [blank], 1.5) for m in (s, j))
     return s, j
 
-def both_paths(tok, s, j, seed, **kw):
+def both_paths(tok, s, j, seed, compile=None, **kw):
     """(tandem_generate, static_generate) on the same seed; check_every=4 makes the static loop run past the end."""
     torch.manual_seed(seed)
     ref = gen(tok, s, j, **kw)
     torch.manual_seed(seed)
-    return ref, gen(tok, s, j, static=True, check_every=4, **kw)
+    return ref, gen(tok, s, j, static=True, check_every=4, compile=compile, **kw)
 
 @pytest.mark.parametrize("temperature", [0, 1.0])
 @pytest.mark.parametrize("schedule", ["word", "token", "step", "solo"])
@@ -328,6 +328,25 @@ def test_static_decode_step_max_turns(tok, enders):
             assert torch.equal(out[k], ref[k]), k
         stopped = ref["truncated"] & (ref["mask"].sum(1) == 3)  # cut by the turn budget, not by EOS
         assert stopped.any() and (ref["mask"].sum(1) <= 3).all()
+
+def test_static_decode_traces_as_one_graph_and_reuses_its_caches(tok, enders, monkeypatch):
+    """compile=True as on CUDA, with dynamo's eager backend on CPU: fullgraph=True fails on any graph break; the kept
+    caches are emptied and reused for the next call (the same objects), and grow for a longer one."""
+    s, j = enders
+    real = torch.compile
+    monkeypatch.setattr(tg.torch, "compile", lambda fn, **kw: real(fn, backend="eager", fullgraph=True))
+    monkeypatch.setattr(tg, "STATIC", {})
+    kw = dict(schedule="word", prompts=prompts(tok, 4), max_new_tokens=20, compile=True)
+    ref, out = both_paths(tok, s, j, seed=2, **kw)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    caches = {k: v[1] for k, v in tg.STATIC.items() if k != "read"}
+    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [256, 256]  # P + 20 rounded up, per model
+    ref, out = both_paths(tok, s, j, seed=3, **kw)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    assert all(tg.STATIC[k][1] is c for k, c in caches.items())  # reused, not reallocated
+    ref, out = both_paths(tok, s, j, seed=3, **dict(kw, max_new_tokens=300))
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [512, 512]  # grown once for both models
 
 def test_compile_flag_routes_rollouts_through_the_static_path(tok, monkeypatch):
     assert tg.get_args(["--data", "x"]).compile is False and tg.get_args(["--data", "x", "--compile"]).compile
