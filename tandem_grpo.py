@@ -502,47 +502,6 @@ def show_rollout(tok, problem, r, color):
             f"{problem['answer']}); the junior wrote the {'cyan' if color else '[[bracketed]]'} text")
 
 # ------------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary folder, fsynced, renamed into place (atomic); `latest` names the newest
-
-def save_checkpoint(out, step, senior, tok, opt):
-    if world() > 1:  # torchrun: the same folder, written by all ranks together (appendix)
-        return save_checkpoint_ranks(out, step, senior, tok, opt)
-    if not all(torch.isfinite(p).all() for p in senior.parameters()):
-        raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
-    final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    senior.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
-               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    torch.save(dict(step=step, optimizer=opt.state_dict(), rng=rng), tmp / "trainer.pt")
-    for f in [*tmp.iterdir(), tmp]:
-        fsync(f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_atomic(out / "latest", final.name)
-    for old in out.glob("step_*/trainer.pt"):  # only the newest checkpoint keeps the (large) optimizer state
-        if old.parent != final:
-            old.unlink()
-
-def load_checkpoint(out, senior, opt):
-    """Restore the newest checkpoint in `out` (weights, AdamW state, RNG states) -> its step; 0 when there is none."""
-    if not (out / "latest").exists():
-        return 0
-    folder = out / (out / "latest").read_text().strip()
-    if world() > 1 or (folder / "optim").exists():  # read by, or written by, N ranks (appendix)
-        return load_checkpoint_ranks(folder, senior, opt)
-    state = torch.load(folder / "trainer.pt", weights_only=False)
-    senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
-    opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    print(f"resumed from {folder} (step {state['step']})")
-    return state["step"]
-
-# ------------------------------------------------------------------------------------------------------------------
 # Helpers shared with eval.py
 
 def eos_ids(tok, model=None):
@@ -630,7 +589,7 @@ def main(args):
         test = load_problems(DEMO_DIR / "test.jsonl")
         before = split_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
-    start = load_checkpoint(out, senior, opt)
+    start = load_checkpoint(out, senior, opt)  # weights, AdamW and RNG states of `latest`, if any (appendix)
     if args.resume and rank() == 0:  # forget what was logged after the checkpoint: those steps are redone
         if not start:
             print(f"--resume: no checkpoint in {out} yet, starting from step 0")
@@ -664,7 +623,7 @@ def main(args):
             if args.show_every and (step == start or (step + 1) % args.show_every == 0):
                 tqdm.write(show_rollout(tok, batch[0], rollouts[0], color))
             if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
-                save_checkpoint(out, step + 1, senior, tok, opt)
+                save_checkpoint(out, step + 1, senior, tok, opt)  # weights, AdamW, RNG states: atomic (appendix)
     except KeyboardInterrupt:  # Ctrl-C: stop at once (no save), say where the run is and how to go on
         bar.close()
         stop_hint(out, step + 1)
@@ -1057,7 +1016,46 @@ def load_checkpoint_ranks(folder, senior, opt):
     return state["step"]
 
 # ------------------------------------------------------------------------------------------------------------------
-# Appendix: plumbing (files that survive a crash, one-line errors, --help; not part of the method)
+# Appendix: checkpoints and plumbing (files that survive a crash, one-line errors, --help; not the method)
+# A checkpoint is written to a temporary folder, fsynced, then renamed into place (atomic); `latest` names the newest.
+
+def save_checkpoint(out, step, senior, tok, opt):
+    if world() > 1:  # torchrun: the same folder, written by all ranks together (appendix)
+        return save_checkpoint_ranks(out, step, senior, tok, opt)
+    if not all(torch.isfinite(p).all() for p in senior.parameters()):
+        raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
+    final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    senior.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
+               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    torch.save(dict(step=step, optimizer=opt.state_dict(), rng=rng), tmp / "trainer.pt")
+    for f in [*tmp.iterdir(), tmp]:
+        fsync(f)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_atomic(out / "latest", final.name)
+    for old in out.glob("step_*/trainer.pt"):  # only the newest checkpoint keeps the (large) optimizer state
+        if old.parent != final:
+            old.unlink()
+
+def load_checkpoint(out, senior, opt):
+    """Restore the newest checkpoint in `out` (weights, AdamW state, RNG states) -> its step; 0 when there is none."""
+    if not (out / "latest").exists():
+        return 0
+    folder = out / (out / "latest").read_text().strip()
+    if world() > 1 or (folder / "optim").exists():  # read by, or written by, N ranks (appendix)
+        return load_checkpoint_ranks(folder, senior, opt)
+    state = torch.load(folder / "trainer.pt", weights_only=False)
+    senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    print(f"resumed from {folder} (step {state['step']})")
+    return state["step"]
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """--help keeps the docstring's layout and shows every default."""
