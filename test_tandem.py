@@ -1,12 +1,14 @@
 """Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
 memory, hand-computed numbers. Run: python -m pytest -q test_tandem.py"""
-import json, math, os, runpy, signal, subprocess, sys, tempfile, threading, time
+import contextlib, copy, io, json, math, os, runpy, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+from torch.multiprocessing.spawn import ProcessException
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
@@ -59,10 +61,11 @@ def prompts(tok, n=4):
     probs = ["What is 12 + 34?", "Add 1 and 3.", "What is 4?", "Hence the sum of the ones is what value?"]
     return [tg.prompt_ids(tok, probs[i % 4]) for i in range(n)]
 
-def gen(tok, senior, junior, **kw):
+def gen(tok, senior, junior, static=False, **kw):
     kw = dict(dict(eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id, n_vocab=len(tok),
                    word_start=tg.word_start_mask(tok), max_new_tokens=40, temperature=1.0), **kw)
-    return tg.tandem_generate(senior, junior, kw.pop("prompts", None) or prompts(tok), **kw)
+    generate = tg.static_generate if static else tg.tandem_generate
+    return generate(senior, junior, kw.pop("prompts", None) or prompts(tok), **kw)
 
 class Counting(torch.nn.Module):
     """Wraps a model's body to count forward calls (to prove the junior never runs)."""
@@ -272,6 +275,93 @@ def test_step_schedule_max_turns(tok, senior, junior):
     g = gen(tok, senior, junior, schedule="step", step_end=se, max_turns=3, max_new_tokens=40)
     assert (g["mask"].sum(1) <= 3).all() and g["truncated"][g["mask"].sum(1) == 3].all()
     assert g["senior"][:, 0].all() and not g["senior"][:, 1].any()
+
+# ------------------------------------------------------------------------------------------------------------------
+# the static-shape decode (--compile): on CPU, exactly tandem_generate's tokens, authors, masks and truncation
+
+class EndWhen(torch.nn.Module):
+    """An output layer that adds by * h[unit] to the EOS logit: the end depends on the context, so rows (greedy ones
+    too) end at different steps."""
+    def __init__(self, head, eos, by=3.0, unit=2):
+        super().__init__()
+        self.head, self.eos, self.by, self.unit = head, eos, by, unit
+    def forward(self, h):
+        out = self.head(h)
+        out[..., self.eos] += self.by * h[..., self.unit]
+        return out
+
+@pytest.fixture(scope="module")
+def enders(tok):
+    """Senior and junior whose rows end at mixed steps (greedy and sampled) and who write blank lines often."""
+    blank = tok.get_vocab()["ĊĊ"]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = (Boost(EndWhen(m.lm_head, tok.eos_token_id), [blank], 1.5) for m in (s, j))
+    return s, j
+
+def both_paths(tok, s, j, seed, compile=None, **kw):
+    """(tandem_generate, static_generate) on the same seed; check_every=4 makes the static loop run past the end."""
+    torch.manual_seed(seed)
+    ref = gen(tok, s, j, **kw)
+    torch.manual_seed(seed)
+    return ref, gen(tok, s, j, static=True, check_every=4, compile=compile, **kw)
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+@pytest.mark.parametrize("schedule", ["word", "token", "step", "solo"])
+def test_static_decode_gives_the_same_rollouts(tok, enders, schedule, temperature):
+    s, j = enders
+    ref, out = both_paths(tok, s, j, seed=0, schedule=schedule, temperature=temperature, prompts=prompts(tok, 8),
+                          step_end=tg.step_end_mask(tok), max_new_tokens=30)
+    for k in ("tokens", "senior", "mask", "truncated"):
+        assert torch.equal(out[k], ref[k]), k
+    lengths = ref["mask"].sum(1)
+    assert (~ref["truncated"]).any() and len(set(lengths.tolist())) >= 2  # rows do end early, at different steps
+    if schedule != "solo":
+        assert ref["senior"].any() and (ref["mask"] & ~ref["senior"]).any()  # both authors wrote
+
+def test_static_decode_step_max_turns(tok, enders):
+    s, j = enders
+    se = torch.ones(len(tok), 3, dtype=torch.bool)  # every token holds a blank line: turns are single tokens
+    for temperature in (0, 1.0):
+        ref, out = both_paths(tok, s, j, seed=1, schedule="step", step_end=se, max_turns=3,
+                              temperature=temperature, prompts=prompts(tok, 8))
+        for k in ("tokens", "senior", "mask", "truncated"):
+            assert torch.equal(out[k], ref[k]), k
+        stopped = ref["truncated"] & (ref["mask"].sum(1) == 3)  # cut by the turn budget, not by EOS
+        assert stopped.any() and (ref["mask"].sum(1) <= 3).all()
+
+def test_static_decode_traces_as_one_graph_and_reuses_its_caches(tok, enders, monkeypatch):
+    """compile=True as on CUDA, with dynamo's eager backend on CPU: fullgraph=True fails on any graph break; the kept
+    caches are emptied and reused for the next call (the same objects), and grow for a longer one."""
+    s, j = enders
+    real = torch.compile
+    monkeypatch.setattr(tg.torch, "compile", lambda fn, **kw: real(fn, backend="eager", fullgraph=True))
+    monkeypatch.setattr(tg, "STATIC", {})
+    kw = dict(schedule="word", prompts=prompts(tok, 4), max_new_tokens=20, compile=True)
+    ref, out = both_paths(tok, s, j, seed=2, **kw)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    caches = {k: v[1] for k, v in tg.STATIC.items() if k != "read"}
+    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [256, 256]  # P + 20 rounded up, per model
+    ref, out = both_paths(tok, s, j, seed=3, **kw)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    assert all(tg.STATIC[k][1] is c for k, c in caches.items())  # reused, not reallocated
+    ref, out = both_paths(tok, s, j, seed=3, **dict(kw, max_new_tokens=300))
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [512, 512]  # grown once for both models
+
+def test_compile_flag_routes_rollouts_through_the_static_path(tok, monkeypatch):
+    assert tg.get_args(["--data", "x"]).compile is False and tg.get_args(["--data", "x", "--compile"]).compile
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    calls = []
+    static = tg.static_generate
+    monkeypatch.setattr(tg, "static_generate", lambda *a, **k: calls.append(1) or static(*a, **k))
+    problems = [dict(problem="What is 12 + 34?", answer="46"), dict(problem="Add 1 and 3.", answer="4")]
+    ro = {}
+    for flag in ([], ["--compile"]):
+        args = tg.get_args(["--data", "x", "--group-size", "2", "--gen-batch", "3", "--max-new-tokens", "12",
+                            "--temperature", "1.0", *flag])
+        torch.manual_seed(0)
+        ro[bool(flag)] = tg.rollout(s, j, tok, problems, args, tg.word_start_mask(tok), None)
+    assert len(calls) == 2 and ro[True] == ro[False]  # two generation batches (3 + 1 rollouts), the same rollouts
 
 # ------------------------------------------------------------------------------------------------------------------
 # advantages and the loss
@@ -503,6 +593,9 @@ def test_gold_answers_lists_gsm8k_and_dropped_empty_rows(tmp_path, capsys):
         {"problem": "Q3", "answer": "6"}, {"problem": "Q7", "answer": "12"},
         {"problem": "Q8", "answer": "so \\boxed{5}"}]
     assert capsys.readouterr().out == f"{f}: dropped 3 row(s) with an empty answer\n"
+    rows = tg.load_problems(f)                                                # the golds grade as they should
+    assert tg.reward("so \\boxed{1/2}", rows[1]["answer"]) == 1.0 == tg.reward("\\boxed{6}", rows[2]["answer"])
+    assert tg.reward("\\boxed{3}", rows[1]["answer"]) == 0.0 == tg.reward("\\boxed{42}", rows[2]["answer"])
     j = tmp_path / "d.json"                                                   # a .json list, the same rows
     j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "answer": " 4 "}]))
     assert tg.load_problems(j) == [{"problem": "Q1", "answer": "3"}, {"problem": "Q2", "answer": "4"}]
@@ -596,9 +689,11 @@ def test_save_resume_gives_the_same_next_step(tmp_path, tok):
 @pytest.mark.parametrize("argv, words", [
     (["--group-size", "1"], "--group-size must be >= 2"), (["--group-size", "0"], "--group-size must be >= 2"),
     (["--temperature", "0"], "--temperature must be > 0"), (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"),
-    (["--p-senior", "-0.5"], "--p-senior must be in [0, 1]"), (["--mini-batch-prompts", "0"], "--mini-batch-prompts must be >= 1"),
+    (["--p-senior", "-0.5"], "--p-senior must be in [0, 1]"),
+    (["--mini-batch-prompts", "0"], "--mini-batch-prompts must be >= 1"),
     (["--lr", "0"], "--lr must be > 0"), (["--steps", "0"], "--steps must be >= 1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"), (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"),
     (["--prompts-per-step", "6"], "multiple of --mini-batch-prompts"), (["--out", __file__], "is a file")])
 def test_bad_flags_are_refused_before_anything_loads(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
@@ -712,6 +807,152 @@ def test_ctrl_c_stops_with_a_resume_hint(tmp_path, tok):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err
     assert "last checkpoint: " + str(out / "step_") in err and "resume with: " in err and "--resume" in err
+
+# ------------------------------------------------------------------------------------------------------------------
+# more than one process: torchrun and FSDP2 on CPU (gloo, loopback only)
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def ranks_env(r, world, port):
+    return dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world))
+
+def trainable(tok):
+    m = tiny_model(tok, seed=0).requires_grad_(True)
+    m.activation_checkpointing_enable({"use_reentrant": False})
+    return m
+
+def one_step_on_a_rank(r, world, port, tok, ro, a, out):
+    """Rank r of a forked process group: resume a one-process checkpoint (weights and AdamW state), take a
+    train_step on its groups with SGD (lr 1: the update is minus the gradient), then an AdamW step and a checkpoint.
+    Rank 0 keeps what it gathered."""
+    os.environ.update(ranks_env(r, world, port))
+    torch.set_num_threads(1)
+    tg.start_ranks(a)
+    try:
+        m = trainable(tok)
+        tg.distribute(m, None, a)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        assert tg.load_checkpoint(out / "one", m, opt) == 1
+        full = dict(options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        tg.update_mode([m], True)  # FSDP2: state dicts come from the shards (the optimizer's parameters)
+        saved = dict(adam_loaded=copy.deepcopy(get_optimizer_state_dict(m, opt, **full)))  # copies, not views
+        mine = [x for g in range(r, len(ro) // a.group_size, world) for x in ro[g * a.group_size:][:a.group_size]]
+        saved["sgd"] = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=1.0), mine, a)
+        saved["after_sgd"] = copy.deepcopy(get_model_state_dict(m, **full))
+        tg.train_step(m, None, tok, opt, mine, a)
+        tg.save_checkpoint(out / "two", 2, m, tok, opt)
+        tg.update_mode([m], True)
+        saved.update(weights=get_model_state_dict(m, **full), adam=get_optimizer_state_dict(m, opt, **full))
+        if r == 0:
+            torch.save(saved, out / "rank0.pt")
+    finally:
+        tg.stop_ranks()
+
+def same_adam(opt, model, named):
+    return all(torch.equal(opt.state[p][k], named["state"][name][k])
+               for name, p in model.named_parameters() for k in ("exp_avg", "exp_avg_sq", "step"))
+
+@pytest.mark.parametrize("fsdp", [True, False])
+def test_two_ranks_take_the_same_step_as_one_process(tmp_path, tok, senior, junior, fsdp):
+    """4 groups of 4 co-written rollouts, 2 mini-batches: each of 2 ranks holds one group of each. The token count is
+    summed over the ranks before any backward, so the update (SGD: the gradient itself) equals one process's.
+    Checkpoints cross over: one process's loads on 2 ranks, and the 2 ranks' loads on one process."""
+    ps = [p for p in prompts(tok, 4) for _ in range(4)]
+    torch.manual_seed(3)
+    ro = rollouts_for(tok, gen(tok, senior, junior, prompts=ps), ps, [float(c) for c in "1001011100011010"])
+    a = args_for(tok, group_size=4, prompts_per_step=4, mini_batch_prompts=2, micro_batch=3, grad_clip=1e9,
+                 fsdp=fsdp, timeout=1.0)
+    m = trainable(tok)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    tg.train_step(m, None, tok, opt, ro, a)
+    tg.save_checkpoint(tmp_path / "one", 1, m, tok, opt)
+    torch.multiprocessing.start_processes(one_step_on_a_rank, args=(2, free_port(), tok, ro, a, tmp_path), nprocs=2,
+                                          start_method="fork")
+    two = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert same_adam(opt, m, two["adam_loaded"])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    one = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=1.0), ro, a)
+    d1 = torch.cat([(v - before[k]).flatten() for k, v in m.state_dict().items()])  # the update of every weight
+    d2 = torch.cat([(two["after_sgd"][k] - before[k]).flatten() for k in before])
+    assert (d2 - d1).norm() <= 1e-5 * d1.norm() and (d1 != 0).float().mean() > 0.5
+    for k in ("loss", "clip_frac", "grad_norm"):
+        assert two["sgd"][k] == pytest.approx(one[k], rel=1e-5), k
+    m2 = tiny_model(tok, seed=5).requires_grad_(True)
+    opt = torch.optim.AdamW(m2.parameters(), lr=1e-3)
+    assert tg.load_checkpoint(tmp_path / "two", m2, opt) == 2
+    assert all(torch.equal(v, two["weights"][k]) for k, v in m2.state_dict().items())
+    assert same_adam(opt, m2, two["adam"])
+    assert (tmp_path / "two" / "step_000002" / "optim").is_dir() and json.loads(
+        (tmp_path / "two" / "step_000002" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+
+def test_memory_report_per_rank_under_fsdp2(capsys):
+    """One of N ranks: float32 weights, gradients and AdamW are 1/N (AdamW stays on the GPU); rollouts hold the whole
+    senior in bf16, updates the root and two layers, and one group's gradient (bf16 + float32)."""
+    a = tg.get_args(["--data", "x", "--nproc", "4"])
+    rows = [r[1:] for r in tg.sharded_rows(a, n=1000, root=100, layer=225, junior_rollout=True, junior_update=False)]
+    assert rows == [(1000, 1000), (2000, 1100), (0, 1000 + 6 * 225), (2000, 2000), (2000, 0)]
+    assert tg.sharded_rows(a, 1000, 100, 225, True, True)[4][1:] == (2000, 2000)     # --kl-coef: the whole junior
+    a.shard_junior = True
+    assert tg.sharded_rows(a, 1000, 100, 225, True, True)[4][1:] == (2000, 500)      # --shard-junior: 1/N of it
+    cfg = str(tg.DEMO_DIR.parent / "configs" / "qwen3-0.6b")
+    peaks = [tg.memory_report(tg.get_args(["--model", cfg, "--nproc", n])) for n in ("1", "2", "8")]
+    assert peaks[2] < peaks[1] and "one of 8 ranks (FSDP2)" in capsys.readouterr().out
+
+def test_a_collective_gives_up_after_the_timeout(tok):
+    """Rank 1 never reaches the collective: rank 0 stops with an error after --timeout instead of hanging, and says
+    which rank failed and why in one line."""
+    def work(r, port):
+        os.environ.update(ranks_env(r, 2, port))
+        tg.start_ranks(args_for(tok, timeout=2 / 60, device="cpu"))
+        try:
+            if r == 1:
+                time.sleep(4)
+            else:
+                with pytest.raises(RuntimeError, match="Timed out waiting 2000ms") as e:
+                    tg.all_sum(1.0)
+                with contextlib.redirect_stderr(io.StringIO()) as err:
+                    tg.rank_failed(e.value)
+                assert err.getvalue().startswith("error: rank 0 of 2 failed: RuntimeError: ")
+                assert err.getvalue().endswith("(it waited longer than --timeout for another rank)\n")
+        finally:
+            tg.stop_ranks()
+    torch.multiprocessing.start_processes(work, args=(free_port(),), nprocs=2, start_method="fork")
+
+def main_on_a_rank(r, port, argv):
+    os.environ.update(ranks_env(r, 2, port))
+    try:
+        tg.main(tg.get_args(argv))
+    finally:
+        tg.stop_ranks()
+
+def test_two_rank_demo_loses_a_rank_and_resumes_on_one(tmp_path, capsys):
+    """A 2-rank --demo run (FSDP2 for the senior and --shard-junior, gloo). Rank 1 is killed (as by the OOM killer)
+    after the step-2 checkpoint and the job stops; --resume on one process continues from the last checkpoint, AdamW
+    state included."""
+    out = tmp_path / "o"
+    small = ["--demo", "--out", str(out), "--prompts-per-step", "2", "--mini-batch-prompts", "2", "--group-size", "4",
+             "--max-new-tokens", "8", "--val-size", "0", "--save-every", "1", "--log-every", "0", "--show-every", "0"]
+    job = torch.multiprocessing.start_processes(main_on_a_rank, nprocs=2, join=False, start_method="fork",
+                                                args=(free_port(), [*small, "--steps", "1000", "--timeout", "0.5",
+                                                                    "--shard-junior"]))
+    deadline = time.time() + 60
+    while not ((out / "latest").exists() and (out / "latest").read_text() >= "step_000002") and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(job.pids()[1], signal.SIGKILL)
+    with pytest.raises(ProcessException):   # rank 1 died (or rank 0 lost it first)
+        while not job.join():
+            pass
+    assert job.processes[1].exitcode == -signal.SIGKILL and not any(p.is_alive() for p in job.processes)
+    k = int((out / "latest").read_text()[len("step_"):])
+    assert k >= 2 and (out / f"step_{k:06d}" / "optim").is_dir()
+    tg.main(tg.get_args([*small, "--steps", str(k + 2), "--resume"]))
+    assert f"resumed from {out / f'step_{k:06d}'} (step {k})" in capsys.readouterr().out
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, k + 3))
+    adam = torch.load(out / f"step_{k + 2:06d}" / "trainer.pt", weights_only=False)["optimizer"]["state"]
+    assert {s["step"].item() for s in adam.values()} == {k + 2}   # one update a step: none lost, none redone
 
 # ------------------------------------------------------------------------------------------------------------------
 # eval.py: pass@k, bootstrap intervals, cross-entropy and KL, handoff schedules
@@ -1106,7 +1347,9 @@ CASES = [
     ("5", r"\boxed{}", 0),
     ("12", r"\boxed{\boxed{12}}", 1),
     (r"\{1,2\}", r"The solution set is $\boxed{\{1, 2\}}$.", 1),
-    ("3, 5", r"The roots are \boxed{3} and \boxed{5}.", 0),  # only the last box counts
+    ("3, 5", r"The roots are \boxed{3} and \boxed{5}.", 1),  # boxes joined by "and" are one answer
+    ("5", r"The roots are \boxed{3} and \boxed{5}.", 0),
+    ("3, 5", r"First guess \boxed{3}. Wait, I made an error; correcting it gives \boxed{5}.", 0),  # a separate step
     # --- \dfrac, \frac12, \sqrt3, \left \right, spacing -----------------------------------------
     (r"\frac{1}{2}", r"\boxed{\dfrac{1}{2}}", 1),
     (r"\frac{1}{2}", r"\boxed{\tfrac12}", 1),
@@ -1143,7 +1386,11 @@ CASES = [
     (r"\frac{\pi}{6}", r"\boxed{30^\circ}", 0),  # no degree/radian conversion
     (r"25\%", r"\boxed{25}", 1),
     ("25", r"\boxed{25\%}", 1),
-    (r"25\%", r"\boxed{0.25}", 0),  # the percent sign is dropped, not rescaled
+    (r"25\%", r"\boxed{0.25}", 1),  # a percent may be written as a fraction
+    (r"25\%", r"\boxed{2.5}", 0),
+    (r"25\%", r"\boxed{0.025}", 0),
+    ("0.25", r"\boxed{25\%}", 1),
+    ("25", r"\boxed{0.25}", 0),  # no percent sign: no rescaling
     (r"\$18.90", r"\boxed{18.90}", 1),
     ("18.90", r"\boxed{\$18.9}", 1),
     ("18.90", r"\boxed{\$19.80}", 0),
@@ -1311,7 +1558,8 @@ CASES = [
     ("1, 2", r"\boxed{\{1,2\}}", 1),
     ("1, 2, 3", r"\boxed{3, 1, 2}", 1),
     ("1, 2, 3", r"\boxed{1, 2}", 0),
-    ("1, 2", r"\boxed{1, 2, 2}", 0),
+    ("1, 2", r"\boxed{1, 2, 2}", 1),  # a list names a set: a repeated item counts once
+    ("1, 2", r"\boxed{1, 2, 2, 3}", 0),
     ("-2, 3", r"\boxed{2, -3}", 0),
     ("1, 2", r"\boxed{x = 1, x = 2}", 1),
     ("-1, 2", r"\boxed{x=-1 \text{ or } x=2}", 1),
@@ -1331,6 +1579,10 @@ CASES = [
     (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{pmatrix}1&2\\3&-4\end{pmatrix}}", 0),
     (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 \\ -2 \end{pmatrix}}", 1),
     (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 & -2 \end{pmatrix}}", 0),
+    (r"(\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix})",
+     r"\boxed{\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\end{pmatrix}}", 1),
+    (r"(\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix})",
+     r"\boxed{\begin{pmatrix}-\frac{7}{4}&2\\4&\frac{1}{4}\end{pmatrix}}", 0),
     (r"\begin{pmatrix} \frac{1}{2} & 0 \\ 0 & \frac{1}{2} \end{pmatrix}",
      r"\boxed{\begin{pmatrix} 0.5 & 0 \\ 0 & 1/2 \end{pmatrix}}", 1),
     # --- more forms seen in model outputs --------------------------------------------------------
@@ -1367,6 +1619,164 @@ CASES = [
      "\\boxed{204}", 1),
     ("204", "... therefore $n = 17 \\cdot 12$, i.e. $\\boxed{17 \\cdot 12}$.", 1),
     ("204", "... therefore $n = 17 \\cdot 11 = \\boxed{187}$.", 0),
+    # --- several boxes make one answer (separators only: commas, and/or, \quad, \text{ and }, labels) ------
+    ("(1, 2), (2, 1)", r"so the solutions are \boxed{(1, 2)}, \boxed{(2, 1)}", 1),
+    ("(1, 2), (2, 1)", r"so the solutions are \boxed{(1, 2)}, \boxed{(2, 2)}", 0),
+    ("(1, 2), (2, 1)", r"so the solutions are \boxed{(2, 1)}", 0),
+    ("3, -5", r"$\boxed{3} \quad\text{and}\quad \boxed{-5}$", 1),
+    ("3, -5", r"$\boxed{3} \quad\text{and}\quad \boxed{5}$", 0),
+    ("-5", r"$\boxed{3} \quad\text{and}\quad \boxed{-5}$", 0),
+    ("(2, 2), (1, 3)", r"$$\boxed{(2, 2)} \text{ for part (a) and } \boxed{(1, 3)}$$", 1),
+    ("(2, 2), (1, 3)", r"$$\boxed{(2, 2)} \text{ for part (a) and } \boxed{(3, 1)}$$", 0),
+    ("k = 45, n = 2", r"$$\boxed{k = 45} \quad \text{and} \quad \boxed{n = 2}$$", 1),
+    ("k = 45, n = 2", r"$$\boxed{k = 2} \quad \text{and} \quad \boxed{n = 45}$$", 0),
+    ("y_1 = 2x + 1, y_2 = 3x", r"\(y_1 = \boxed{2x+1}\) and \(y_2 = \boxed{3x}\)", 1),
+    ("y_1 = 2x + 1, y_2 = 3x", r"\(y_1 = \boxed{3x}\) and \(y_2 = \boxed{2x+1}\)", 0),  # order matters
+    (r"\frac{1}{2}", r"Part 1 gives \boxed{4}. For part 2 the probability is \boxed{\frac{1}{2}}.", 1),
+    ("x_1 = 2, x_2 = 3", r"$\boxed{2} \text{ and } \boxed{3}$", 1),
+    ("x_1 = 2, x_2 = 3", r"$\boxed{3} \text{ and } \boxed{2}$", 0),
+    ("143", "So, \\boxed{143}\n\n**Final Answer**\n\\boxed{143}", 1),
+    ("143", "So, \\boxed{142}\n\n**Final Answer**\n\\boxed{143}", 1),  # the earlier box is a separate step
+    (r"\boxed{1}\boxed{2}", r"\boxed{2, 1}", 1),
+    (r"\boxed{1}\boxed{2}", r"\boxed{2}", 0),
+    (r"\(\boxed{1}\) and \(\boxed{-2}\).", r"$\boxed{-2, 1}$.", 1),
+    (r"\(\boxed{1}\) and \(\boxed{-2}\).", r"$\boxed{2, 1}$.", 0),
+    # --- solution-text golds and lists of accepted answers --------------------------------------------
+    (r"Thus the sum is $3 + 4 = \boxed{7}$.", r"\boxed{7}", 1),
+    (r"Thus the sum is $3 + 4 = \boxed{7}$.", r"\boxed{3}", 0),
+    (r"So $x = \boxed{1}$ or $x = \boxed{2}$.", r"\boxed{x = 2 \text{ or } x = 1}", 1),
+    (r"So $x = \boxed{1}$ or $x = \boxed{2}$.", r"\boxed{2}", 0),
+    ([r"\frac{\pi}{3}", r"60^\circ"], r"\boxed{60^{\circ}}", 1),
+    ([r"\frac{\pi}{3}", r"60^\circ"], r"\boxed{\frac{\pi}{3}}", 1),
+    ([r"\frac{\pi}{3}", r"60^\circ"], r"\boxed{\frac{\pi}{6}}", 0),
+    (["4.5e33", r"4.5 \times 10^{33}"], r"\boxed{45 \times 10^{32}}", 1),
+    ([], r"\boxed{5}", 0),
+    # --- \{ and \} are escaped braces: a piecewise gold is no empty box ---------------------------------------
+    (r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 3 & p \ge 1 \end{array} \right.}",
+     r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 3 & p \ge 1 \end{array} \right.}", 1),
+    (r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 3 & p \ge 1 \end{array} \right.}",
+     r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 4 & p \ge 1 \end{array} \right.}", 0),
+    # --- labelled parts: name = value items against bare values, in order ---------------------------------
+    ("45, 2", r"\boxed{k = 45, n = 2}", 1),
+    ("45, 2", r"\boxed{k = 2, n = 45}", 0),
+    ("2, 45", r"\boxed{k = 45, n = 2}", 0),
+    (r"AB = 4,\ CD = 5", r"\boxed{4, 5}", 1),
+    (r"AB = 4,\ CD = 5", r"\boxed{5, 4}", 0),
+    (r"AB = 4,\ CD = 5", r"\boxed{4}", 0),
+    ("x = 1, y = 2", r"\boxed{(1, 2)}", 1),
+    ("x = 1, y = 2", r"\boxed{(2, 1)}", 0),
+    ("x = 1, y = 2", r"\boxed{[1, 2]}", 0),  # an interval is no pair of values
+    ("x = 1, y = 2", r"\boxed{y = 2, x = 1}", 1),
+    ("x = 1, y = 2", r"\boxed{x = 2, y = 1}", 0),
+    ("x = 1, y = 2", r"\boxed{x = 1, x = 2}", 0),
+    (r"\frac{NO}{BO} = \frac{1}{\sqrt{6}}", r"\boxed{\frac{\sqrt6}{6}}", 1),
+    (r"\frac{NO}{BO} = \frac{1}{\sqrt{6}}", r"\boxed{\frac{1}{6}}", 0),
+    ("|AB| = 5", r"\boxed{5}", 1),
+    ("2x + 3y = 6", r"\boxed{6}", 0),  # a left side that is no name gives no value
+    ("7 = 11a + c", r"\boxed{11a+c}", 0),
+    # --- alternatives in words, semicolons ------------------------------------------------------------
+    (r"(11, 7) \text{ or } (7, 11)", r"\boxed{(7,11),\ (11,7)}", 1),
+    (r"(11, 7) \text{ or } (7, 11)", r"\boxed{(7,11)}", 0),
+    ("(11,7)or(7,11)", r"\boxed{(11, 7), (7, 11)}", 1),
+    (r"W(x) = 1 \text{ or } W(x) = -1", r"\boxed{W(x) = -1 \text{ or } W(x) = 1}", 1),
+    (r"W(x) = 1 \text{ or } W(x) = -1", r"\boxed{W(x) = 1}", 0),
+    (r"2, 3, \text{ and } 4", r"\boxed{4, 3, 2}", 1),
+    (r"2, 3, \text{ and } 4", r"\boxed{2, 3, 5}", 0),
+    ("-12; -11; -10", r"\boxed{\{-12, -11, -10\}}", 1),
+    ("-12; -11; -10", r"\boxed{\{-12, -11\}}", 0),
+    ("(0; -2; 6)", r"\boxed{(0, -2, 6)}", 1),
+    ("(0; -2; 6)", r"\boxed{(0, 6, -2)}", 0),
+    ("p = 5, q = 2; p = 7, q = 2", r"\boxed{(7, 2), (5, 2)}", 1),
+    ("p = 5, q = 2; p = 7, q = 2", r"\boxed{(5, 2), (2, 7)}", 0),
+    (r"\pm 2021", r"\boxed{{-2021, 2021}}", 1),
+    # --- equations without variables are statements ---------------------------------------------------
+    (r"\log_6 216 = 3", r"\boxed{\log_{6}216=3}", 1),
+    (r"\log_6 216 = 3", r"\boxed{3}", 1),
+    (r"\log_6 216 = 3", r"\boxed{\log_6 36 = 3}", 0),
+    (r"\log_6 216 = 3", r"\boxed{2}", 0),
+    (r"2^{10} = 1024", r"\boxed{1024 = 2^{10}}", 1),
+    (r"2^{10} = 1024", r"\boxed{2^{10} = 1000}", 0),
+    # --- \approx keeps each item's exact part and never drops later items ------------------------------
+    (r"a \approx 0.67, b \approx 2.48", r"\boxed{a \approx 0.67}", 0),
+    (r"a \approx 0.67, b \approx 2.48", r"\boxed{a = 0.67, b = 2.48}", 1),
+    (r"a \approx 0.67, b \approx 2.48", r"\boxed{a = 0.67, b = 2.84}", 0),
+    (r"\frac{2}{3}, \frac{5}{2}", r"\boxed{\frac23 \approx 0.67, \frac52 \approx 2.5}", 1),
+    (r"\frac{2}{3}, \frac{5}{2}", r"\boxed{\frac23 \approx 0.67}", 0),
+    # --- number bases, thousands with \!, \textnormal, currency and unit glyphs ---------------------------
+    ("52_8", r"\boxed{52_{8}}", 1),
+    ("52_8", r"\boxed{52_9}", 0),
+    ("52_8", r"\boxed{42}", 0),
+    ("52_8", r"\boxed{25_8}", 0),
+    ("11111100", r"\boxed{11,\!111,\!100}", 1),
+    ("11111100", r"\boxed{11,\! 111,\! 100}", 1),
+    ("11111100", r"\boxed{1,\!111,\!100}", 0),
+    (r"\frac{2469}{20000}", r"\boxed{\frac{2469}{20,\!000}}", 1),
+    (r"\frac{2469}{20000}", r"\boxed{\frac{2469}{2,\!000}}", 0),
+    ("125", r"The distance is $\boxed{125\textnormal{ miles}}.$", 1),
+    ("125", r"\boxed{\textrm{125}}", 1),
+    ("125", r"\boxed{\textnormal{152}}", 0),
+    (r"\textit{odd}", r"\boxed{\text{odd}}", 1),
+    ("1000.99", "\\boxed{1,000.99\u20ac}", 1),
+    ("1000.99", "\\boxed{1,000.99 m\u00b2}", 1),
+    ("1000.99", "\\boxed{1,000.90\u20ac}", 0),
+    # --- more of the language -------------------------------------------------------------------------
+    (r"\lfloor \frac{7}{2} \rfloor", r"\boxed{3}", 1),
+    (r"\lfloor \frac{7}{2} \rfloor", r"\boxed{4}", 0),
+    (r"\lceil \frac{7}{2} \rceil", r"\boxed{4}", 1),
+    (r"\left\lfloor \frac{n}{2} \right\rfloor", r"\boxed{\lfloor n/2 \rfloor}", 1),
+    (r"\lfloor x \rfloor", r"\boxed{\lceil x \rceil}", 0),
+    (r"2\overline{AB}", r"\boxed{\overline{AB} \cdot 2}", 1),
+    (r"\bar{z} + z", r"\boxed{z + \bar z}", 1),
+    (r"\bar{z} + z", r"\boxed{2z}", 0),
+    ("0.3", r"\boxed{0.\overline{3}}", 0),  # repeating decimals are not read
+    ("0", r"\boxed{0.\overline{3}}", 0),
+    (r"5x^2", "\\boxed{5x\u00b2}", 1),
+    ("5", "\\boxed{5x\u00b2}", 0),
+    ("5", "\\boxed{5\u00b2}", 0),
+    ("f'(x) = 2x", r"\boxed{2x}", 1),
+    ("a' + b'", r"\boxed{b' + a'}", 1),
+    ("a'", r"\boxed{a}", 0),
+    (r"\rho_{0}", r"\boxed{\rho_0}", 1),
+    (r"\frac{\rho_0}{2}", r"\boxed{0.5\rho_{0}}", 1),
+    (r"2\rho_{0}", r"\boxed{2\rho_1}", 0),
+    ("(n-2)2^{n}", r"\boxed{2^n (n-2)}", 1),
+    ("(n-2)2^{n}", r"\boxed{(n-2)2^{n+1}}", 0),
+    ("(n-2)2^{n}", r"\boxed{n 2^n}", 0),
+    (r"\sum_{k=1}^{10} k", r"\boxed{55}", 1),
+    (r"\sum_{k=1}^{10} k", r"\boxed{45}", 0),
+    (r"\prod_{k=1}^{5} k", r"\boxed{5!}", 1),
+    (r"\sum_{k=1}^{3} x^k", r"\boxed{x^3+x^2+x}", 1),
+    (r"\sum_{k=1}^{3} a_k", r"\boxed{a_1 + a_2 + a_3}", 1),
+    (r"\sum_{k=1}^{3} a_k", r"\boxed{3a_k}", 0),
+    (r"\sum_{k=1}^{n} k^2", r"\boxed{\sum_{k=1}^{n} k^{2}}", 1),
+    (r"\sum_{k=1}^{n} k^2", r"\boxed{\sum_{k=1}^{n} k^{3}}", 0),
+    (r"F_n = \sum_{k=0}^{n-1} F_k F_{n-k-1}", r"\boxed{F_n = \sum_{k=0}^{n-1} F_{n-k-1} F_k}", 1),
+    (r"F_n = \sum_{k=0}^{n-1} F_k F_{n-k-1}", r"\boxed{F_n = \sum_{k=0}^{n-2} F_k F_{n-k-2}}", 0),
+    (r"\frac{1}{3}", r"\boxed{\\dfrac{1}{3}}", 1),
+    (r"\\frac{1}{3}", r"\boxed{\frac{1}{4}}", 0),
+    # --- e-notation -----------------------------------------------------------------------------------
+    (r"4.5 \times 10^{33}", r"\boxed{4.5e33}", 1),
+    ("4.5e33", r"\boxed{4.5 \times 10^{33}}", 1),
+    ("4.5e33", r"\boxed{4.5 \times 10^{32}}", 0),
+    ("4.5e33", r"\boxed{4.5e-33}", 0),
+    ("1e-5", r"\boxed{0.00001}", 1),
+    ("1e-5", r"\boxed{e-5}", 0),
+    ("e-5", r"\boxed{1e-5}", 0),
+    ("3*s**2", r"\boxed{3s^2}", 1),
+    ("3*s**2", r"\boxed{3s^3}", 0),
+    ("1.2e3", r"\boxed{1200}", 1),
+    ("7.5e+33", r"\boxed{7.5 \times 10^{33}}", 1),
+    # --- ratios are the number a/b ------------------------------------------------------------------------
+    ("3:4", r"\boxed{\frac34}", 1),
+    (r"\frac{3}{4}", r"\boxed{3:4}", 1),
+    ("3:4", r"\boxed{3 : 4}", 1),
+    ("3:4", r"\boxed{4:3}", 0),
+    ("3:4", r"\boxed{0.75}", 1),
+    (r"V_1 : V_2 = 11 : 21", r"\boxed{11:21}", 1),
+    (r"V_1 : V_2 = 11 : 21", r"\boxed{21:11}", 0),
+    # --- an interval of a function's values -------------------------------------------------------------
+    ("(0, 1)", r"\boxed{0 < f(x) < 1}", 1),
+    ("(0, 1)", r"\boxed{0 < f(x) \le 1}", 0),
 ]
 
 
@@ -1376,20 +1786,26 @@ def test_reward_table(gold, completion, expected):
 
 
 def test_table_is_large_and_balanced():
-    assert len(CASES) >= 150
-    assert sum(e == 0 for _, _, e in CASES) >= 50
+    assert len(CASES) >= 400
+    assert sum(e == 0 for _, _, e in CASES) >= 150
 
 
 @pytest.mark.parametrize("text,expected", [
     (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
     (r"\boxed{a} then \fbox{b}", "b"),
     (r"\boxed{\left\{ x \right\}} text after", r"\left\{ x \right\}"),
+    (r"\boxed{C(p) = \left\{ 2p \right.}", r"C(p) = \left\{ 2p \right."),  # \{ is no brace
     (r"$\boxed 7$", "7"),
     (r"\boxed{unclosed", None),
+    (r"\boxed{1} and \boxed{2", None),  # a truncated last box: no answer
     ("no box here", None),
+    (r"\boxed{1}, \boxed{2},\quad\text{and}\quad \boxed{3}.", "1, 2, 3"),
+    (r"$x_1 = \boxed{1}$ \text{ or } $x_2 = \boxed{2}$", "1, 2"),
+    (r"\boxed{1} (the first part). Then the second part is \boxed{2}", "2"),
+    (r"\boxed{\boxed{12}}", "12"),
 ])
-def test_last_boxed(text, expected):
-    assert tg.last_boxed(text) == expected
+def test_final_answer(text, expected):
+    assert tg.final_answer(text) == expected
 
 
 INJECTIONS = [
@@ -1403,6 +1819,11 @@ INJECTIONS = [
     "Symbol('x').__init__.__globals__",
     r"\text{{__import__('os').system('touch {m}')}}",
     "x + __import__('os').system('touch {m}')",
+    r"\sum_{{k=1}}^{{3}} __import__('os').system('touch {m}')",
+    r"1}} \quad\text{{and}}\quad \boxed{{__import__('os').system('touch {m}')",  # a second, joined box
+    r"52_{{__import__('os').system('touch {m}')}}",
+    r"1e5; __import__('os').system('touch {m}')",
+    r"\overline{{__import__('os')}} : \lfloor exec('touch {m}') \rfloor",
 ]
 
 
@@ -1438,6 +1859,21 @@ PATHOLOGICAL = [
     (r"\boxed{2^{2^{2^{2^{2}}}}}", "2^{65536}+1"),
     ("\\boxed{" + ", ".join(f"x+{i}" for i in range(120)) + "}", ", ".join(f"x+{i}" for i in range(1, 121))),
     ("\\boxed{5 " + "ab " * 300 + "!}", "5"),
+    (r"\boxed{\sum_{k=1}^{10^{100}} k^{k^{k}}}", "1"),  # huge bounds: kept as a sum, never evaluated
+    (r"\boxed{\sum_{k=1}^{999} k^{k^{k}}}", "1"),  # each term through the same size caps
+    (r"\boxed{\prod_{k=1}^{999} k^{999}}", "1"),
+    (r"\boxed{\sum_{i=1}^{999}\sum_{j=1}^{999}\sum_{k=1}^{999} i j k}", "1"),  # 10^9 terms: the deadline
+    ("\\boxed{" + "9" * 400 + "_{" + "7" * 400 + "}}", "9" * 400 + "_{" + "7" * 399 + "}"),  # a huge base
+    (r"\boxed{1e99999999}", "1e99999998"),  # e-notation with a huge exponent
+    ("\\boxed{1e" + "9" * 5000 + "}", "1"),
+    (r"\boxed{4.5e10000}", "4.5e9999"),
+    ("\\boxed{1}, " * 100_000 + "\\boxed{2}", "1, 2"),  # 100,001 joined boxes
+    (r"\boxed{\lfloor 10^{9999} \pi \rfloor}", "1"),
+    ("\\boxed{" + "\\lfloor " * 300 + "1" + " \\rfloor" * 300 + "}", "1"),
+    ("\\boxed{" + ":".join(["1"] * 400) + "}", "1"),
+    ("\\boxed{" + "; ".join(["(1; 2)"] * 150) + "}", "(1, 2)"),
+    ("\\boxed{1} and " * 30 + "\\boxed{" + "(" * 300, "1"),
+    (("\\boxed{1}" + " and" * 48 + " x" + "\\boxed{2}") * 50, "1, 2"),  # separators that backtrack exponentially
 ]
 
 
