@@ -1314,6 +1314,23 @@ def test_demo_arguments(tmp_path, monkeypatch):
     (repo / "runs" / "demo" / "latest").write_text("step_000040")
     assert ev.get_args(["--demo"]).senior == [a.junior, str(repo / "runs" / "demo" / "step_000040")]
 
+def test_each_senior_prompts_with_its_own_tokenizer(tmp_path, tok, monkeypatch):
+    for name, template in (("j", CHATML), ("s", "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML)):
+        tiny_model(tok).save_pretrained(tmp_path / name)
+        t = tok.__class__.from_pretrained(tmp_path / "j") if name == "s" else tok
+        t.chat_template = template                                    # same vocabulary, another chat template
+        t.save_pretrained(tmp_path / name)
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
+    seen = {}
+    def fake_evaluate(senior, junior, t, problems, args, ws, se, eos, name=""):
+        seen[name.split("/")[-1].split()[0]] = t.decode(tg.prompt_ids(t, "Q"))
+        return fake_file([[1, 0]] * len(problems))
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    ev.main(ev.get_args(["--senior", str(tmp_path / "j"), "--senior", str(tmp_path / "s"), "--junior",
+                         str(tmp_path / "j"), "--data", str(tmp_path / "d.jsonl"), "--n", "2", "--device", "cpu",
+                         "--out", str(tmp_path / "r.json")]))
+    assert seen["j"].startswith("<|im_start|>user\nQ ") and seen["s"].startswith("<|im_start|>system\nBe brief.")
+
 def test_senior_with_another_tokenizer_is_refused(tmp_path, tok):
     tiny_model(tok).save_pretrained(tmp_path / "j")
     tok.save_pretrained(tmp_path / "j")
