@@ -124,7 +124,10 @@ def fetch(path):
     if len(parts) < 4 or parts[0] != "datasets":
         raise UserError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
     from huggingface_hub import hf_hub_download
-    return Path(hf_hub_download("/".join(parts[1:3]), "/".join(parts[3:]), repo_type="dataset"))
+    try:
+        return Path(hf_hub_download("/".join(parts[1:3]), "/".join(parts[3:]), repo_type="dataset"))
+    except OSError as e:  # no network, no such repository or file (huggingface_hub's errors are OSErrors)
+        raise UserError(f"--data {path}: cannot fetch it ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
 
 def json_kind(v):
     return {"dict": "object", "str": "string", "int": "number", "float": "number", "NoneType": "null"}.get(

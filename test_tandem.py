@@ -647,6 +647,16 @@ def test_bad_input_is_one_line_naming_file_row_and_field(tmp_path, name, text, m
         tg.load_problems(tmp_path / name)
     assert "\n" not in str(e.value) and str(tmp_path / name) in str(e.value)
 
+def test_hf_paths_fail_in_one_line(monkeypatch):
+    with pytest.raises(tg.UserError, match="--data hf://x/y: expected hf://datasets/OWNER/NAME/FILE"):
+        tg.load_problems("hf://x/y")
+    import huggingface_hub
+    def offline(*a, **k):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("no connection and no cached copy")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(tg.UserError, match="--data hf://datasets/o/n/t.json: cannot fetch it \\(no connection"):
+        tg.load_problems("hf://datasets/o/n/t.json")
+
 def test_parquet_without_pyarrow_names_the_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)                         # import pyarrow now fails
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
