@@ -1336,10 +1336,13 @@ def test_each_senior_prompts_with_its_own_tokenizer(tmp_path, tok, monkeypatch):
         seen[name.split("/")[-1].split()[0]] = t.decode(tg.prompt_ids(t, "Q"))
         return fake_file([[1, 0]] * len(problems))
     monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
     ev.main(ev.get_args(["--senior", str(tmp_path / "j"), "--senior", str(tmp_path / "s"), "--junior",
                          str(tmp_path / "j"), "--data", str(tmp_path / "d.jsonl"), "--n", "2", "--device", "cpu",
-                         "--out", str(tmp_path / "r.json")]))
+                         "--threads", "3", "--out", str(tmp_path / "r.json")]))
     assert seen["j"].startswith("<|im_start|>user\nQ ") and seen["s"].startswith("<|im_start|>system\nBe brief.")
+    assert threads == [3]                                              # --threads reaches torch
 
 def test_senior_with_another_tokenizer_is_refused(tmp_path, tok):
     tiny_model(tok).save_pretrained(tmp_path / "j")
