@@ -46,7 +46,7 @@ def demo_seniors():
             return [str(DEMO_DIR / "model"), str(runs / (runs / "latest").read_text().strip())]
     return [str(DEMO_DIR / "model")]
 
-# --demo swaps in these defaults (flags on the command line still win): all 200 held-out problems, ~90 s on 2 cores.
+# --demo swaps in these defaults (flags on the command line still win): all 200 held-out problems, 90-125 s on 2 cores.
 DEMO = dict(junior=str(DEMO_DIR / "model"), data=[str(DEMO_DIR / "test.jsonl")], n=4, max_new_tokens=96, batch=128,
             tf_batch=64, threads=1, out="runs/demo/eval.json")
 
