@@ -111,84 +111,8 @@ def get_args(argv=None):
 
 PROMPT_SUFFIX = ("Solve the following math problem step by step. Put your final answer inside \\boxed{}, "
                  "like \\boxed{42} or \\boxed{\\frac{1}{2}}.")  # the authors' words, training and eval alike
-# Field names, first match wins. verl rows (the authors' parquet files) are read separately: see problem_and_gold.
-PROBLEM_KEYS, ANSWER_KEYS = ("problem", "question"), ("answer", "final_answer", "solution")
-
-def fetch(path):
-    """A local path, or hf://datasets/OWNER/NAME/FILE fetched once with huggingface_hub (into its cache)."""
-    if not path.startswith("hf://"):
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such file")
-        return Path(path)
-    parts = path[len("hf://"):].split("/")
-    if len(parts) < 4 or parts[0] != "datasets":
-        raise UserError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
-    from huggingface_hub import hf_hub_download
-    try:
-        return Path(hf_hub_download("/".join(parts[1:3]), "/".join(parts[3:]), repo_type="dataset"))
-    except OSError as e:  # no network, no such repository or file (huggingface_hub's errors are OSErrors)
-        raise UserError(f"--data {path}: cannot fetch it ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
-
-def json_kind(v):
-    return {"dict": "object", "str": "string", "int": "number", "float": "number", "NoneType": "null"}.get(
-        type(v).__name__, type(v).__name__)
-
-def read_rows(path):
-    """-> [(where, row)]: .jsonl one JSON value a line ("line N"), .json one list ("row N"; JSON lines accepted
-    too), .parquet one table ("row N", needs pyarrow)."""
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise UserError(f"{path}: reading .parquet needs pyarrow: pip install pyarrow") from None
-        return [(f"row {i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text) if text.strip() else []
-        except json.JSONDecodeError as e:
-            if e.msg != "Extra data":  # "Extra data": several values, i.e. JSON lines in a .json file
-                raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-        else:
-            if not isinstance(data, list):
-                raise UserError(f"{path}: holds a JSON {json_kind(data)}; expected a list of rows [{{...}}, ...] "
-                                f"(or one row a line, .jsonl)")
-            return [(f"row {i + 1}", r) for i, r in enumerate(data)]
-    rows = []
-    for i, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                rows.append((f"line {i + 1}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {i + 1}: not valid JSON ({e.msg})") from None
-    return rows
-
-def gold_answer(value, where):
-    """An answer field -> the gold: a string, or a list of accepted strings (OlympiadBench, Minerva); GSM8K's worked
-    answers keep what follows the last '####'; '' or [] when empty."""
-    if isinstance(value, list) and not any(isinstance(v, (list, dict)) for v in value):
-        return [a for a in (gold_answer(v, where) for v in value) if a]
-    if value is not None and not isinstance(value, (str, int, float)):
-        raise UserError(f"{where}: expected a string, a number or a list of them, got {json_kind(value)}")
-    return "" if value is None else str(value).rsplit("####", 1)[-1].strip()
-
-def problem_and_gold(row, where):
-    """-> (problem, its field, answer, its field). verl's layout (the authors' files): prompt = [{"role": "user",
-    "content": problem + " " + PROMPT_SUFFIX}], reward_model = {"ground_truth": answer}; else the first key present."""
-    if isinstance(row.get("prompt"), list) and isinstance(row.get("reward_model"), dict):
-        user = [m for m in row["prompt"] if isinstance(m, dict) and m.get("role") == "user"]
-        if not user or "ground_truth" not in row["reward_model"]:
-            raise UserError(f"{where}: verl row without a user message in 'prompt' or 'reward_model.ground_truth'")
-        return user[-1].get("content"), "prompt", row["reward_model"]["ground_truth"], "reward_model.ground_truth"
-    pk = next((k for k in PROBLEM_KEYS if k in row), None)
-    ak = next((k for k in ANSWER_KEYS if k in row), None)
-    if pk is None or ak is None:
-        missing = "'problem' (or 'question')" if pk is None else "'answer' (or 'final_answer', 'solution')"
-        raise UserError(f"{where}: missing field {missing}")
-    return row[pk], pk, row[ak], ak
+# Reading the files is detail (formats, field names, the authors' verl rows): fetch, read_rows, problem_and_gold and
+# gold_answer sit in an appendix. load_problems says what a usable row is.
 
 def load_problems(path):
     """A .jsonl, .json or .parquet file (local or hf://) -> [{"problem": str, "answer": str or [str, ...]}].
@@ -1080,6 +1004,88 @@ def load_checkpoint_ranks(folder, senior, opt):
     update_mode([senior], False)
     print(f"resumed from {folder} (step {state['step']})")
     return state["step"]
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: data files (.jsonl, .json, .parquet; field names; the authors' verl rows; one-line errors)
+
+# Field names, first match wins. verl rows (the authors' parquet files) are read separately: see problem_and_gold.
+PROBLEM_KEYS, ANSWER_KEYS = ("problem", "question"), ("answer", "final_answer", "solution")
+
+def fetch(path):
+    """A local path, or hf://datasets/OWNER/NAME/FILE fetched once with huggingface_hub (into its cache)."""
+    if not path.startswith("hf://"):
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+        return Path(path)
+    parts = path[len("hf://"):].split("/")
+    if len(parts) < 4 or parts[0] != "datasets":
+        raise UserError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
+    from huggingface_hub import hf_hub_download
+    try:
+        return Path(hf_hub_download("/".join(parts[1:3]), "/".join(parts[3:]), repo_type="dataset"))
+    except OSError as e:  # no network, no such repository or file (huggingface_hub's errors are OSErrors)
+        raise UserError(f"--data {path}: cannot fetch it ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+
+def json_kind(v):
+    return {"dict": "object", "str": "string", "int": "number", "float": "number", "NoneType": "null"}.get(
+        type(v).__name__, type(v).__name__)
+
+def read_rows(path):
+    """-> [(where, row)]: .jsonl one JSON value a line ("line N"), .json one list ("row N"; JSON lines accepted
+    too), .parquet one table ("row N", needs pyarrow)."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError(f"{path}: reading .parquet needs pyarrow: pip install pyarrow") from None
+        return [(f"row {i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text) if text.strip() else []
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":  # "Extra data": several values, i.e. JSON lines in a .json file
+                raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        else:
+            if not isinstance(data, list):
+                raise UserError(f"{path}: holds a JSON {json_kind(data)}; expected a list of rows [{{...}}, ...] "
+                                f"(or one row a line, .jsonl)")
+            return [(f"row {i + 1}", r) for i, r in enumerate(data)]
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append((f"line {i + 1}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {i + 1}: not valid JSON ({e.msg})") from None
+    return rows
+
+def gold_answer(value, where):
+    """An answer field -> the gold: a string, or a list of accepted strings (OlympiadBench, Minerva); GSM8K's worked
+    answers keep what follows the last '####'; '' or [] when empty."""
+    if isinstance(value, list) and not any(isinstance(v, (list, dict)) for v in value):
+        return [a for a in (gold_answer(v, where) for v in value) if a]
+    if value is not None and not isinstance(value, (str, int, float)):
+        raise UserError(f"{where}: expected a string, a number or a list of them, got {json_kind(value)}")
+    return "" if value is None else str(value).rsplit("####", 1)[-1].strip()
+
+def problem_and_gold(row, where):
+    """-> (problem, its field, answer, its field). verl's layout (the authors' files): prompt = [{"role": "user",
+    "content": problem + " " + PROMPT_SUFFIX}], reward_model = {"ground_truth": answer}; else the first key present."""
+    if isinstance(row.get("prompt"), list) and isinstance(row.get("reward_model"), dict):
+        user = [m for m in row["prompt"] if isinstance(m, dict) and m.get("role") == "user"]
+        if not user or "ground_truth" not in row["reward_model"]:
+            raise UserError(f"{where}: verl row without a user message in 'prompt' or 'reward_model.ground_truth'")
+        return user[-1].get("content"), "prompt", row["reward_model"]["ground_truth"], "reward_model.ground_truth"
+    pk = next((k for k in PROBLEM_KEYS if k in row), None)
+    ak = next((k for k in ANSWER_KEYS if k in row), None)
+    if pk is None or ak is None:
+        missing = "'problem' (or 'question')" if pk is None else "'answer' (or 'final_answer', 'solution')"
+        raise UserError(f"{where}: missing field {missing}")
+    return row[pk], pk, row[ak], ak
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: checkpoints and plumbing (files that survive a crash, one-line errors, --help; not the method)

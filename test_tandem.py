@@ -117,7 +117,7 @@ def test_p_senior_zero_is_all_junior(tok, senior, junior):
     assert torch.equal(g["tokens"], g_j["tokens"]) and not g["senior"].any()
 
 def author_runs_ok(tokens, by_senior, mask, ws, K):
-    """Check the SPEC rule on one row: the author can change only right after a word-start token or after K tokens."""
+    """Check the paper's rule on one row: the author can change only right after a word-start token or after K tokens."""
     gap = 0
     n = int(mask.sum())
     for t in range(1, n):
