@@ -1,5 +1,6 @@
 """Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
-memory, hand-computed numbers. Run: python -m pytest -q test_tandem.py"""
+memory, hand-computed numbers. Grouped by the section of tandem_grpo.py each test checks, in the file's order
+(the story, then its appendices), then eval.py. Run: python -m pytest -q test_tandem.py"""
 import contextlib, copy, io, json, math, os, runpy, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 from types import SimpleNamespace
@@ -82,499 +83,31 @@ class Counting(torch.nn.Module):
         return self.m.parameters(*a, **k)
 
 # ------------------------------------------------------------------------------------------------------------------
-# word starts and the author rule
+# flags: get_args checks every value before anything loads
 
-def test_word_start_mask_matches_vocabulary(tok):
-    ws = tg.word_start_mask(tok)
-    assert ws.shape == (len(tok),)
-    vocab = tok.get_vocab()
-    for piece, i in vocab.items():  # the surface text (decoded alone) starts with a space <=> word start
-        assert bool(ws[i]) == (tok.decode([i]).startswith(" ") and i not in tok.all_special_ids), piece
-    enc = lambda s: tok(s, add_special_tokens=False).input_ids
-    assert ws[enc(" answer")[0]] and ws[enc(" 46")[0]]
-    assert not ws[enc("answer")[0]] and not ws[enc(".")[0]]
-    assert enc("\n\n") == [vocab["ĊĊ"]] and not ws[vocab["ĊĊ"]]  # a blank line is one token, not a word start
-    assert not ws[tok.eos_token_id] and not ws[tok.pad_token_id]
+@pytest.mark.parametrize("argv, words", [
+    (["--group-size", "1"], "--group-size must be >= 2"), (["--group-size", "0"], "--group-size must be >= 2"),
+    (["--temperature", "0"], "--temperature must be > 0"), (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"),
+    (["--p-senior", "-0.5"], "--p-senior must be in [0, 1]"),
+    (["--mini-batch-prompts", "0"], "--mini-batch-prompts must be >= 1"),
+    (["--lr", "0"], "--lr must be > 0"), (["--steps", "0"], "--steps must be >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"),
+    (["--prompts-per-step", "6"], "multiple of --mini-batch-prompts"), (["--out", __file__], "is a file")])
+def test_bad_flags_are_refused_before_anything_loads(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        tg.get_args(["--data", "x", *argv])
+    assert e.value.code == 2 and words in capsys.readouterr().err
 
-def test_p_senior_one_is_all_senior_and_junior_never_runs(tok, senior, junior):
-    j = Counting(junior)
-    torch.manual_seed(0)
-    g = gen(tok, senior, j, p_senior=1.0)
-    assert j.calls == 0
-    assert torch.equal(g["senior"], g["mask"])
-    torch.manual_seed(0)
-    g2 = gen(tok, senior, j, schedule="solo")
-    assert j.calls == 0 and torch.equal(g2["tokens"], g["tokens"])
-
-def test_p_senior_zero_is_all_junior(tok, senior, junior):
-    torch.manual_seed(0)
-    g = gen(tok, senior, junior, p_senior=0.0)
-    assert g["mask"].sum() > 0 and not g["senior"].any()
-    # greedy: the tokens are exactly the junior's own solo output (the coins consume random numbers, so sampled
-    # streams differ; greedy decoding does not depend on them)
-    g = gen(tok, senior, junior, p_senior=0.0, temperature=0)
-    g_j = gen(tok, junior, None, schedule="solo", temperature=0)
-    assert torch.equal(g["tokens"], g_j["tokens"]) and not g["senior"].any()
-
-def author_runs_ok(tokens, by_senior, mask, ws, K):
-    """Check the paper's rule on one row: the author can change only right after a word-start token or after K tokens."""
-    gap = 0
-    n = int(mask.sum())
-    for t in range(1, n):
-        gap += 1
-        redraw = bool(ws[tokens[t - 1]]) or gap >= K
-        if redraw:
-            gap = 0
-        elif by_senior[t] != by_senior[t - 1]:
-            return False
-    return True
-
-def test_author_changes_only_at_word_starts_or_gap(tok, senior, junior):
-    ws = tg.word_start_mask(tok)
-    for K in (32, 3):
-        torch.manual_seed(1)
-        g = gen(tok, senior, junior, max_gap=K, max_new_tokens=60, prompts=prompts(tok, 8))
-        for b in range(8):
-            assert author_runs_ok(g["tokens"][b], g["senior"][b], g["mask"][b], ws, K)
-    # K cap on its own: an empty word-start mask, K = 4, p = 0.5: authors change only at multiples of 4
-    torch.manual_seed(2)
-    g = gen(tok, senior, junior, word_start=torch.zeros(len(tok), dtype=torch.bool), max_gap=4, max_new_tokens=40)
-    changes = [(b, t) for b in range(4) for t in range(1, int(g["mask"][b].sum()))
-               if g["senior"][b, t] != g["senior"][b, t - 1]]
-    assert changes and all(t % 4 == 0 for _, t in changes)
-
-def test_senior_share_close_to_p(tok, senior, junior):
-    torch.manual_seed(3)
-    for p in (0.5, 0.25):
-        g = gen(tok, senior, junior, p_senior=p, schedule="token", max_new_tokens=60, prompts=prompts(tok, 16))
-        share = g["senior"].sum().item() / g["mask"].sum().item()
-        n = g["mask"].sum().item()
-        assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / n), (p, share, n)
-
-def test_solo_greedy_equals_hf_generate(tok, senior):
-    ps = prompts(tok, 4)  # different lengths: left padding and position ids are exercised
-    g = gen(tok, senior, None, schedule="solo", temperature=0, prompts=ps, max_new_tokens=20)
-    for b, p in enumerate(ps):  # reference: one unpadded prompt at a time through model.generate, greedy
-        ids = torch.tensor([p])
-        ref = senior.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
-                              eos_token_id=list(tg.eos_ids(tok)), pad_token_id=tok.pad_token_id,
-                              # the model is wider than the tokenizer: ids past it do not exist
-                              suppress_tokens=list(range(len(tok), senior.config.vocab_size)))[0, len(p):]
-        n = int(g["mask"][b].sum())
-        assert g["tokens"][b, :n].tolist() == ref[:n].tolist()
-
-def test_author_mask_lines_up_with_tokens(tok, senior, junior):
-    """Rebuild each token's author by re-scoring: a token written by the senior under greedy decoding is the
-    senior's argmax at that position given the prefix, and likewise for the junior."""
-    ps = prompts(tok, 4)
-    torch.manual_seed(4)
-    g = gen(tok, senior, junior, temperature=0, prompts=ps, max_new_tokens=30)
-    for b, p in enumerate(ps):
-        n = int(g["mask"][b].sum())
-        seq = torch.tensor([p + g["tokens"][b, :n].tolist()])
-        for who, m in ((True, senior), (False, junior)):
-            logits = m(seq).logits[0, len(p) - 1:len(p) - 1 + n, :len(tok)]
-            at = g["senior"][b, :n] == who
-            assert torch.equal(logits.argmax(-1)[at], g["tokens"][b, :n][at])
-    assert g["senior"].any() and (g["mask"] & ~g["senior"]).any()
-
-def test_cached_decode_logits_equal_full_forward(tok, senior):
-    p = prompts(tok, 2)
-    ids, attn = tg.left_pad(p, tok.pad_token_id, "cpu")
-    pos = (attn.cumsum(1) - 1).clamp(min=0)
-    cache = tg.DynamicCache(config=senior.config)
-    h = tg.last_hidden(senior, ids, attn, pos, cache)
-    nxt = torch.tensor([[5], [7]])
-    attn2 = torch.cat([attn, torch.ones(2, 1, dtype=torch.long)], 1)
-    h2 = tg.last_hidden(senior, nxt, attn2, pos[:, -1:] + 1, cache)
-    full = senior(torch.cat([ids, nxt], 1), attention_mask=attn2, position_ids=(attn2.cumsum(1) - 1).clamp(min=0)).logits
-    lm = senior.get_output_embeddings()
-    torch.testing.assert_close(lm(h), full[:, -2], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lm(h2), full[:, -1], atol=1e-5, rtol=1e-5)
-
-def test_eos_ends_rows_and_masks(tok, senior):
-    torch.manual_seed(5)
-    g = gen(tok, senior, None, schedule="solo", prompts=prompts(tok, 8), max_new_tokens=25)
-    eos = tg.eos_ids(tok)
-    for b in range(8):
-        n = int(g["mask"][b].sum())
-        toks = g["tokens"][b].tolist()
-        ends = [t for t in range(n) if toks[t] in eos]
-        if g["truncated"][b]:
-            assert n == 25 and not ends
-        else:
-            assert ends == [n - 1]  # mask runs up to and including the first EOS
-        assert all(t == tok.pad_token_id for t in toks[n:])
-
-def blank_line_ends(tok, ids):
-    """Reference rule, on the text: the positions where the current turn's text first holds a blank line."""
-    ends, turn = [], ""
-    for t, i in enumerate(ids):
-        turn += tok.decode([i])
-        if "\n\n" in turn:
-            ends.append(t)
-            turn = ""
-    return ends
-
-def check_step_turns(tok, g, rows):
-    """Every row: the senior writes the first turn, and the author changes exactly after each blank line."""
-    swaps = 0
-    for b in range(rows):
-        n = int(g["mask"][b].sum())
-        toks, by_senior = g["tokens"][b, :n].tolist(), g["senior"][b, :n].tolist()
-        ends = set(blank_line_ends(tok, toks))
-        assert by_senior[0]
-        for t in range(1, n):
-            assert by_senior[t] == (by_senior[t - 1] ^ (t - 1 in ends))
-        swaps += len(ends)
-    return swaps
-
-def test_step_schedule_alternates_at_blank_lines(tok, senior, junior):
-    se = tg.step_end_mask(tok)  # [V, 3]: holds '\n\n', starts with '\n', ends with '\n'
-    v = tok.get_vocab()
-    assert se[v["ĊĊ"]].tolist() == [True, True, True] and se[v["Ġthe"]].tolist() == [False, False, False]
-    blank = v["ĊĊ"]
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    s.lm_head, j.lm_head = Boost(s.lm_head, [blank, v["Ċ"]], 3.0), Boost(j.lm_head, [blank, v["Ċ"]], 3.0)
-    torch.manual_seed(6)
-    g = gen(tok, s, j, schedule="step", step_end=se, prompts=prompts(tok, 8), max_new_tokens=60)
-    assert check_step_turns(tok, g, 8) >= 8
-
-@pytest.fixture(scope="module")
-def split_tok():
-    """Like `tok`, but every newline is its own pre-token: a blank line is always two 'Ċ' tokens (as in SmolLM2)."""
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[\r\n]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|[^\S\r\n]+"),
-                             behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    t.decoder = decoders.ByteLevel()
-    t.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tk = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tk.chat_template = CHATML
-    return tk
-
-def test_step_schedule_hands_off_when_a_blank_line_is_two_tokens(split_tok):
-    tok = split_tok
-    se = tg.step_end_mask(tok)
-    assert not se[:, 0].any()  # no single token holds a blank line
-    nl = tok.get_vocab()["Ċ"]
-    assert tok("a\n\nb", add_special_tokens=False).input_ids.count(nl) == 2
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    s.lm_head, j.lm_head = Boost(s.lm_head, [nl], 6.0), Boost(j.lm_head, [nl], 6.0)
-    torch.manual_seed(3)
-    g = gen(tok, s, j, schedule="step", step_end=se, prompts=prompts(tok, 8), max_new_tokens=40)
-    assert check_step_turns(tok, g, 8) >= 8  # the junior does get turns
-    # "\n" + "\n" ends a turn; a third "\n" opens the next turn, it does not end it
-    assert blank_line_ends(tok, [nl, nl, nl, nl, nl]) == [1, 3]
-
-def test_step_schedule_max_turns(tok, senior, junior):
-    se = torch.ones(len(tok), 3, dtype=torch.bool)  # every token holds a blank line: turns are single tokens
-    g = gen(tok, senior, junior, schedule="step", step_end=se, max_turns=3, max_new_tokens=40)
-    assert (g["mask"].sum(1) <= 3).all() and g["truncated"][g["mask"].sum(1) == 3].all()
-    assert g["senior"][:, 0].all() and not g["senior"][:, 1].any()
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        tg.get_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for d in ("(default: 0.5)", "(default: 3.0)", "(default: grade)", "(default: 1000)", "(default: runs/trl)"):
+        assert d in out
 
 # ------------------------------------------------------------------------------------------------------------------
-# the static-shape decode (--compile): on CPU, exactly tandem_generate's tokens, authors, masks and truncation
-
-class EndWhen(torch.nn.Module):
-    """An output layer that adds by * h[unit] to the EOS logit: the end depends on the context, so rows (greedy ones
-    too) end at different steps."""
-    def __init__(self, head, eos, by=3.0, unit=2):
-        super().__init__()
-        self.head, self.eos, self.by, self.unit = head, eos, by, unit
-    def forward(self, h):
-        out = self.head(h)
-        out[..., self.eos] += self.by * h[..., self.unit]
-        return out
-
-@pytest.fixture(scope="module")
-def enders(tok):
-    """Senior and junior whose rows end at mixed steps (greedy and sampled) and who write blank lines often."""
-    blank = tok.get_vocab()["ĊĊ"]
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    s.lm_head, j.lm_head = (Boost(EndWhen(m.lm_head, tok.eos_token_id), [blank], 1.5) for m in (s, j))
-    return s, j
-
-def both_paths(tok, s, j, seed, compile=None, **kw):
-    """(tandem_generate, static_generate) on the same seed; check_every=4 makes the static loop run past the end."""
-    torch.manual_seed(seed)
-    ref = gen(tok, s, j, **kw)
-    torch.manual_seed(seed)
-    return ref, gen(tok, s, j, static=True, check_every=4, compile=compile, **kw)
-
-@pytest.mark.parametrize("temperature", [0, 1.0])
-@pytest.mark.parametrize("schedule", ["word", "token", "step", "solo"])
-def test_static_decode_gives_the_same_rollouts(tok, enders, schedule, temperature):
-    s, j = enders
-    ref, out = both_paths(tok, s, j, seed=0, schedule=schedule, temperature=temperature, prompts=prompts(tok, 8),
-                          step_end=tg.step_end_mask(tok), max_new_tokens=30)
-    for k in ("tokens", "senior", "mask", "truncated"):
-        assert torch.equal(out[k], ref[k]), k
-    lengths = ref["mask"].sum(1)
-    assert (~ref["truncated"]).any() and len(set(lengths.tolist())) >= 2  # rows do end early, at different steps
-    if schedule != "solo":
-        assert ref["senior"].any() and (ref["mask"] & ~ref["senior"]).any()  # both authors wrote
-
-def test_static_decode_step_max_turns(tok, enders):
-    s, j = enders
-    se = torch.ones(len(tok), 3, dtype=torch.bool)  # every token holds a blank line: turns are single tokens
-    for temperature in (0, 1.0):
-        ref, out = both_paths(tok, s, j, seed=1, schedule="step", step_end=se, max_turns=3,
-                              temperature=temperature, prompts=prompts(tok, 8))
-        for k in ("tokens", "senior", "mask", "truncated"):
-            assert torch.equal(out[k], ref[k]), k
-        stopped = ref["truncated"] & (ref["mask"].sum(1) == 3)  # cut by the turn budget, not by EOS
-        assert stopped.any() and (ref["mask"].sum(1) <= 3).all()
-
-def test_static_decode_traces_as_one_graph_and_reuses_its_caches(tok, enders, monkeypatch):
-    """compile=True as on CUDA, with dynamo's eager backend on CPU: fullgraph=True fails on any graph break; the kept
-    caches are emptied and reused for the next call (the same objects), and grow for a longer one."""
-    s, j = enders
-    real = torch.compile
-    monkeypatch.setattr(tg.torch, "compile", lambda fn, **kw: real(fn, backend="eager", fullgraph=True))
-    monkeypatch.setattr(tg, "STATIC", {})
-    kw = dict(schedule="word", prompts=prompts(tok, 4), max_new_tokens=20, compile=True)
-    ref, out = both_paths(tok, s, j, seed=2, **kw)
-    assert all(torch.equal(out[k], ref[k]) for k in ref)
-    caches = {k: v[1] for k, v in tg.STATIC.items() if k != "read"}
-    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [256, 256]  # P + 20 rounded up, per model
-    ref, out = both_paths(tok, s, j, seed=3, **kw)
-    assert all(torch.equal(out[k], ref[k]) for k in ref)
-    assert all(tg.STATIC[k][1] is c for k, c in caches.items())  # reused, not reallocated
-    ref, out = both_paths(tok, s, j, seed=3, **dict(kw, max_new_tokens=300))
-    assert all(torch.equal(out[k], ref[k]) for k in ref)
-    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [512, 512]  # grown once for both models
-
-def test_compile_flag_routes_rollouts_through_the_static_path(tok, monkeypatch):
-    assert tg.get_args(["--data", "x"]).compile is False and tg.get_args(["--data", "x", "--compile"]).compile
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    calls = []
-    static = tg.static_generate
-    monkeypatch.setattr(tg, "static_generate", lambda *a, **k: calls.append(1) or static(*a, **k))
-    problems = [dict(problem="What is 12 + 34?", answer="46"), dict(problem="Add 1 and 3.", answer="4")]
-    ro = {}
-    for flag in ([], ["--compile"]):
-        args = tg.get_args(["--data", "x", "--group-size", "2", "--gen-batch", "3", "--max-new-tokens", "12",
-                            "--temperature", "1.0", *flag])
-        torch.manual_seed(0)
-        ro[bool(flag)] = tg.rollout(s, j, tok, problems, args, tg.word_start_mask(tok), None)
-    assert len(calls) == 2 and ro[True] == ro[False]  # two generation batches (3 + 1 rollouts), the same rollouts
-
-# ------------------------------------------------------------------------------------------------------------------
-# advantages and the loss
-
-def test_group_advantages_worked_example():
-    # group 1: rewards 1,0,0,0: mean 0.25, std (Bessel) = sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5
-    # group 2: all equal -> zero advantage, no gradient
-    a = tg.group_advantages(torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 1]), 4)
-    torch.testing.assert_close(a, torch.tensor([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0]), atol=1e-5, rtol=0)
-    b = tg.group_advantages(torch.tensor([1.0, 0.0]), 2)  # std = sqrt(0.5) -> +-0.5 / 0.7071
-    torch.testing.assert_close(b, torch.tensor([1 / math.sqrt(2), -1 / math.sqrt(2)]), atol=1e-5, rtol=0)
-
-def test_clipped_loss_hand_values():
-    # ratios 1.5, 0.5, 1.1, 0.7 with advantages +1, -1, -2, +2 (clip 0.2):
-    #   A=+1, r=1.5: max(-1.5, -1.2) = -1.2 (clipped above)   A=-1, r=0.5: max(0.5, 0.8) = 0.8 (clipped below)
-    #   A=-2, r=1.1: max(2.2, 2.2) = 2.2                      A=+2, r=0.7: max(-1.4, -1.6) = -1.4 (unclipped)
-    ratio = torch.tensor([1.5, 0.5, 1.1, 0.7])
-    old = torch.zeros(4)
-    adv = torch.tensor([1.0, -1.0, -2.0, 2.0])
-    loss = tg.grpo_loss(ratio.log(), old, adv, n_tokens=4)
-    assert loss.item() == pytest.approx((-1.2 + 0.8 + 2.2 - 1.4) / 4, abs=1e-6)
-    # asymmetric clip: clip_high 0.28 lets ratio 1.5 with A=+1 reach -1.28
-    assert tg.grpo_loss(ratio[:1].log(), old[:1], adv[:1], 1, 0.2, 0.28).item() == pytest.approx(-1.28, abs=1e-6)
-    # k3 KL: ref - logp = log 2 -> k3 = 2 - log 2 - 1
-    kl = tg.grpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), 1, ref_logp=torch.tensor([math.log(2)]),
-                      kl_coef=0.5)
-    assert kl.item() == pytest.approx(0.5 * (1 - math.log(2)), abs=1e-6)
-    # gradient: d(-A ratio)/d logp = -A ratio where unclipped, 0 where the clipped branch wins
-    lp = ratio.log().requires_grad_()
-    tg.grpo_loss(lp, old, adv, 4).backward()
-    torch.testing.assert_close(lp.grad, torch.tensor([0.0, 0.0, 2.0 * 1.1 / 4, -2.0 * 0.7 / 4]))
-
-def test_dual_clip_and_token_weights_hand_values():
-    # ratio 5, A = -1: max(-A r, -A clip(r)) = max(5, 1.2) = 5; the dual clip caps it at -A * 3 = 3
-    lp, old, adv = torch.tensor([math.log(5.0)]), torch.zeros(1), torch.tensor([-1.0])
-    assert tg.grpo_loss(lp, old, adv, 1).item() == pytest.approx(3.0, abs=1e-6)
-    assert tg.grpo_loss(lp, old, adv, 1, clip_c=0).item() == pytest.approx(5.0, abs=1e-5)    # off
-    assert tg.grpo_loss(lp, old, -adv, 1).item() == pytest.approx(-1.2, abs=1e-6)            # A > 0: untouched
-    x = lp.clone().requires_grad_()
-    tg.grpo_loss(x, old, adv, 1).backward()
-    assert x.grad.item() == 0.0                     # the capped branch is a constant: no gradient
-    # junior tokens at weight 0.5 (ratios 1.5, 0.5; A = +1, -1): (-1.2 * 1 + 0.8 * 0.5) / (1 + 0.5)
-    w = tg.grpo_loss(torch.tensor([1.5, 0.5]).log(), torch.zeros(2), torch.tensor([1.0, -1.0]), 1.5,
-                     weight=torch.tensor([1.0, 0.5]))
-    assert w.item() == pytest.approx((-1.2 + 0.4) / 1.5, abs=1e-6)
-
-def rollouts_for(tok, g, ps, rewards):
-    out = []
-    for b, p in enumerate(ps):
-        n = int(g["mask"][b].sum())
-        out.append(dict(prompt=p, response=g["tokens"][b, :n].tolist(), senior=g["senior"][b, :n].tolist(),
-                        reward=rewards[b], truncated=False))
-    return out
-
-def args_for(tok, **kw):
-    a = tg.get_args(["--data", "x"])
-    for k, v in kw.items():
-        setattr(a, k, v)
-    return a
-
-@pytest.mark.parametrize("w_junior", [0.0, 0.5])
-def test_token_mean_over_micro_batches_equals_full_batch(tok, senior, junior, w_junior):
-    ps = prompts(tok, 8)
-    torch.manual_seed(7)
-    g = gen(tok, senior, junior, prompts=ps)
-    ro = rollouts_for(tok, g, ps, [1.0, 0, 0, 1, 0, 1, 0, 0])
-    grads = []
-    for mb in (8, 3, 1):
-        m = tiny_model(tok, seed=0).float()
-        opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the step leaves weights, we read the gradient
-        a = args_for(tok, group_size=4, prompts_per_step=2, mini_batch_prompts=2, micro_batch=mb, grad_clip=1e9,
-                     junior_token_weight=w_junior)
-        captured = {}
-        opt.step = lambda: captured.update(g=[p.grad.clone() for p in m.parameters()])
-        tg.train_step(m, junior, tok, opt, ro, a)
-        grads.append(captured["g"])
-    assert sum(g.abs().sum() for g in grads[0]) > 0  # a real gradient, not zeros on both sides
-    for other in grads[1:]:
-        for x, y in zip(grads[0], other):
-            torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-4)
-
-def test_junior_positions_get_zero_gradient(tok, senior, junior):
-    ps = prompts(tok, 4)
-    torch.manual_seed(8)
-    g = gen(tok, senior, junior, prompts=ps, max_new_tokens=30)
-    ro = rollouts_for(tok, g, ps, [1.0, 0, 1, 0])
-    ids, attn, P, by_senior = tg.pack(ro, tok.pad_token_id, "cpu")
-    body = senior.get_decoder()
-    keep = {}
-    hook = body.register_forward_hook(lambda mod, inp, out: keep.update(h=out.last_hidden_state) or
-                                      out.last_hidden_state.retain_grad())
-    lp = tg.response_logprobs(senior, ids, attn, P, by_senior, len(tok), 1.0)
-    hook.remove()
-    adv = torch.cat([tg.group_advantages(torch.tensor([1.0, 0, 1, 0]), 4)[i].expand(int(by_senior[i].sum()))
-                     for i in range(4)])
-    tg.grpo_loss(lp, lp.detach(), adv, int(by_senior.sum())).backward()
-    grad = keep["h"].grad[:, P - 1:-1].abs().sum(-1)      # [b, T]: gradient at the state predicting token t
-    resp = torch.tensor([[t < len(r["response"]) for t in range(by_senior.shape[1])] for r in ro])
-    assert (grad[resp & ~by_senior] == 0).all()          # junior-written tokens: exactly zero
-    assert (grad[by_senior] > 0).all()                   # senior-written tokens: all carry gradient
-    senior.zero_grad(set_to_none=True)
-
-def test_logprobs_match_full_log_softmax(tok, senior):
-    ps = prompts(tok, 3)
-    torch.manual_seed(9)
-    g = gen(tok, senior, None, schedule="solo", prompts=ps, max_new_tokens=15)
-    ro = rollouts_for(tok, g, ps, [0, 0, 0])
-    ids, attn, P, sel = tg.pack(ro, tok.pad_token_id, "cpu")
-    sel = torch.tensor([[t < len(r["response"]) for t in range(sel.shape[1])] for r in ro])
-    lp = tg.response_logprobs(senior, ids, attn, P, sel, len(tok), 0.6)
-    for b, r in enumerate(ro):  # reference: each row alone, unpadded, full vocabulary then cut
-        seq = torch.tensor([r["prompt"] + r["response"]])
-        logits = senior(seq).logits[0, len(r["prompt"]) - 1:-1, :len(tok)].float() / 0.6
-        ref = logits.log_softmax(-1).gather(1, torch.tensor(r["response"])[:, None]).squeeze(1)
-        start = int(sel[:b].sum())
-        torch.testing.assert_close(lp[start:start + len(r["response"])], ref, atol=1e-5, rtol=1e-5)
-
-def test_step_changes_senior_not_junior(tok, junior):
-    m = tiny_model(tok, seed=0)
-    m.requires_grad_(True)
-    before_s = [p.clone() for p in m.parameters()]
-    before_j = [p.clone() for p in junior.parameters()]
-    ps = prompts(tok, 4)
-    torch.manual_seed(10)
-    g = gen(tok, m, junior, prompts=ps)
-    ro = rollouts_for(tok, g, ps, [1.0, 0, 0, 0])
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    tg.train_step(m, junior, tok, opt, ro, args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1,
-                                               micro_batch=2, kl_coef=0.001))
-    assert all(torch.equal(a, b) for a, b in zip(before_j, junior.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(before_s, m.parameters()))
-
-def test_junior_tokens_weigh_junior_token_weight(tok, senior, junior, monkeypatch):
-    ps = prompts(tok, 4)
-    torch.manual_seed(11)
-    ro = rollouts_for(tok, gen(tok, senior, junior, prompts=ps), ps, [1.0, 0, 1, 0])
-    n_senior = sum(sum(r["senior"]) for r in ro)
-    n_junior = sum(len(r["senior"]) for r in ro) - n_senior
-    assert n_senior and n_junior
-    seen, loss = [], tg.grpo_loss
-    monkeypatch.setattr(tg, "grpo_loss", lambda *a: seen.append((a[3], a[-1])) or loss(*a))
-    m = tiny_model(tok, seed=0)
-    m.requires_grad_(True)
-    tg.train_step(m, junior, tok, torch.optim.SGD(m.parameters(), lr=0.0), ro,
-                  args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1, micro_batch=4,
-                           junior_token_weight=0.25))
-    (n_tokens, weight), = seen
-    assert n_tokens == pytest.approx(n_senior + 0.25 * n_junior)   # the weighted token count of the mini-batch
-    assert sorted(set(weight.tolist())) == [0.25, 1.0] and (weight == 1).sum() == n_senior
-
-def test_non_finite_gradient_is_skipped_and_three_in_a_row_stop(tok, senior, junior):
-    ps = prompts(tok, 4)
-    torch.manual_seed(12)
-    ro = rollouts_for(tok, gen(tok, senior, junior, prompts=ps), ps, [1.0, 0, 1, 0, 0, 1, 0, 0])[:4] * 2
-    m = tiny_model(tok, seed=0)
-    m.requires_grad_(True)
-    before = [p.clone() for p in m.parameters()]
-    hook = next(m.parameters()).register_hook(lambda g: g * float("nan"))   # a NaN gradient, injected
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    a = args_for(tok, group_size=4, prompts_per_step=2, mini_batch_prompts=1, micro_batch=4)
-    out = tg.train_step(m, junior, tok, opt, ro, a)
-    assert out["skipped"] == 2 and out["skipped_in_a_row"] == 2 and math.isfinite(out["grad_norm"])
-    assert all(torch.equal(x, y) for x, y in zip(before, m.parameters()))     # the weights never saw it
-    with pytest.raises(tg.UserError, match="3 updates in a row had a non-finite gradient"):
-        tg.train_step(m, junior, tok, opt, ro, a, skipped_in_a_row=2)
-    hook.remove()
-    out = tg.train_step(m, junior, tok, opt, ro, a, skipped_in_a_row=2)
-    assert out["skipped"] == 0 and out["skipped_in_a_row"] == 0 and out["grad_norm"] > 0
-    with torch.no_grad():
-        next(m.parameters())[0, 0] = float("inf")
-    with pytest.raises(tg.UserError, match="non-finite weights"):
-        tg.save_checkpoint(Path(tempfile.mkdtemp()), 1, m, tok, opt)
-
-def test_rollouts_run_in_eval_mode_and_cut_responses_are_graded(tok, monkeypatch):
-    """A scripted senior writes \\boxed{46} and then would write EOS; the budget cuts it just before the EOS."""
-    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
-    m = tiny_model(tok, seed=0)
-    m.train()  # as after an update
-    modes, generate = [], tg.tandem_generate
-    monkeypatch.setattr(tg, "tandem_generate", lambda s, *a, **k: modes.append(s.training) or generate(s, *a, **k))
-    probs = [{"problem": "What is 12 + 34?", "answer": "46"}]
-    for rule, score in (("grade", 1.0), ("zero", 0.0)):
-        m.lm_head = Script(right + [tok.eos_token_id], m.config.vocab_size)
-        a = args_for(tok, group_size=2, max_new_tokens=len(right), truncated_reward=rule, schedule="solo")
-        ro = tg.rollout(m, None, tok, probs[:1] * 1, a, None, None)[:1]
-        assert ro[0]["truncated"] and ro[0]["reward"] == score
-    assert modes == [False, False]
-
-def test_generation_config_eos_ids_stop_the_response(tok):
-    m = tiny_model(tok, seed=0)
-    im_start = tok.convert_tokens_to_ids("<|im_start|>")
-    m.generation_config.eos_token_id = [tok.eos_token_id, im_start]
-    assert tg.eos_ids(tok, m) == {tok.eos_token_id, im_start}
-    m.lm_head = Script(tok("12", add_special_tokens=False).input_ids + [im_start, 5, 6], m.config.vocab_size)
-    g = tg.tandem_generate(m, None, prompts(tok, 1), eos_ids=tg.eos_ids(tok, m), pad_id=tok.pad_token_id,
-                           n_vocab=len(tok), schedule="solo", max_new_tokens=10, temperature=1.0)
-    assert g["tokens"][0].tolist()[-1] == im_start and not g["truncated"][0]
-
-def test_junior_writes_decides_for_generation_main_and_memory_report(capsys):
-    table = {("word", 0.5): True, ("word", 1.0): False, ("token", 0.0): True, ("step", 1.0): True,
-             ("solo", 0.5): False, ("solo", 0.0): False}
-    assert {k: tg.junior_writes(*k) for k in table} == table
-    def junior_row(*argv):
-        tg.memory_report(tg.get_args(["--model", str(tg.DEMO_DIR.parent / "configs" / "qwen3-0.6b"), *argv]))
-        row = next(l for l in capsys.readouterr().out.splitlines() if "junior weights" in l)
-        return [float(x) > 0 for x in row.split()[-2:]]   # [rollout, update] hold the junior?
-    assert junior_row() == [True, False]
-    assert junior_row("--schedule", "step", "--p-senior", "1") == [True, False]   # step: the junior writes
-    assert junior_row("--schedule", "solo") == [False, False]
-    assert junior_row("--schedule", "solo", "--kl-coef", "0.001") == [True, True]  # KL keeps it on the GPU
-
-# ------------------------------------------------------------------------------------------------------------------
-# data, the loop, checkpoints
+# data: load_problems (and the data-file appendix: formats, the authors' verl rows, one-line errors)
 
 def write_rows(path, rows):
     path.write_text("\n".join(map(json.dumps, rows)) + "\n")
@@ -664,6 +197,405 @@ def test_parquet_without_pyarrow_names_the_install(tmp_path, monkeypatch):
     with pytest.raises(tg.UserError, match=r"test\.parquet: reading \.parquet needs pyarrow: pip install pyarrow"):
         tg.load_problems(tmp_path / "test.parquet")
 
+# ------------------------------------------------------------------------------------------------------------------
+# co-generation: word starts, the author rule, blank-line turns, stop ids
+
+def test_word_start_mask_matches_vocabulary(tok):
+    ws = tg.word_start_mask(tok)
+    assert ws.shape == (len(tok),)
+    vocab = tok.get_vocab()
+    for piece, i in vocab.items():  # the surface text (decoded alone) starts with a space <=> word start
+        assert bool(ws[i]) == (tok.decode([i]).startswith(" ") and i not in tok.all_special_ids), piece
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids
+    assert ws[enc(" answer")[0]] and ws[enc(" 46")[0]]
+    assert not ws[enc("answer")[0]] and not ws[enc(".")[0]]
+    assert enc("\n\n") == [vocab["ĊĊ"]] and not ws[vocab["ĊĊ"]]  # a blank line is one token, not a word start
+    assert not ws[tok.eos_token_id] and not ws[tok.pad_token_id]
+
+def test_p_senior_one_is_all_senior_and_junior_never_runs(tok, senior, junior):
+    j = Counting(junior)
+    torch.manual_seed(0)
+    g = gen(tok, senior, j, p_senior=1.0)
+    assert j.calls == 0
+    assert torch.equal(g["senior"], g["mask"])
+    torch.manual_seed(0)
+    g2 = gen(tok, senior, j, schedule="solo")
+    assert j.calls == 0 and torch.equal(g2["tokens"], g["tokens"])
+
+def test_p_senior_zero_is_all_junior(tok, senior, junior):
+    torch.manual_seed(0)
+    g = gen(tok, senior, junior, p_senior=0.0)
+    assert g["mask"].sum() > 0 and not g["senior"].any()
+    # greedy: the tokens are exactly the junior's own solo output (the coins consume random numbers, so sampled
+    # streams differ; greedy decoding does not depend on them)
+    g = gen(tok, senior, junior, p_senior=0.0, temperature=0)
+    g_j = gen(tok, junior, None, schedule="solo", temperature=0)
+    assert torch.equal(g["tokens"], g_j["tokens"]) and not g["senior"].any()
+
+def author_runs_ok(tokens, by_senior, mask, ws, K):
+    """The paper's rule on one row: the author can change only right after a word-start token or after K tokens."""
+    gap = 0
+    n = int(mask.sum())
+    for t in range(1, n):
+        gap += 1
+        redraw = bool(ws[tokens[t - 1]]) or gap >= K
+        if redraw:
+            gap = 0
+        elif by_senior[t] != by_senior[t - 1]:
+            return False
+    return True
+
+def test_author_changes_only_at_word_starts_or_gap(tok, senior, junior):
+    ws = tg.word_start_mask(tok)
+    for K in (32, 3):
+        torch.manual_seed(1)
+        g = gen(tok, senior, junior, max_gap=K, max_new_tokens=60, prompts=prompts(tok, 8))
+        for b in range(8):
+            assert author_runs_ok(g["tokens"][b], g["senior"][b], g["mask"][b], ws, K)
+    # K cap on its own: an empty word-start mask, K = 4, p = 0.5: authors change only at multiples of 4
+    torch.manual_seed(2)
+    g = gen(tok, senior, junior, word_start=torch.zeros(len(tok), dtype=torch.bool), max_gap=4, max_new_tokens=40)
+    changes = [(b, t) for b in range(4) for t in range(1, int(g["mask"][b].sum()))
+               if g["senior"][b, t] != g["senior"][b, t - 1]]
+    assert changes and all(t % 4 == 0 for _, t in changes)
+
+def test_senior_share_close_to_p(tok, senior, junior):
+    torch.manual_seed(3)
+    for p in (0.5, 0.25):
+        g = gen(tok, senior, junior, p_senior=p, schedule="token", max_new_tokens=60, prompts=prompts(tok, 16))
+        share = g["senior"].sum().item() / g["mask"].sum().item()
+        n = g["mask"].sum().item()
+        assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / n), (p, share, n)
+
+def test_solo_greedy_equals_hf_generate(tok, senior):
+    ps = prompts(tok, 4)  # different lengths: left padding and position ids are exercised
+    g = gen(tok, senior, None, schedule="solo", temperature=0, prompts=ps, max_new_tokens=20)
+    for b, p in enumerate(ps):  # reference: one unpadded prompt at a time through model.generate, greedy
+        ids = torch.tensor([p])
+        ref = senior.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
+                              eos_token_id=list(tg.eos_ids(tok)), pad_token_id=tok.pad_token_id,
+                              # the model is wider than the tokenizer: ids past it do not exist
+                              suppress_tokens=list(range(len(tok), senior.config.vocab_size)))[0, len(p):]
+        n = int(g["mask"][b].sum())
+        assert g["tokens"][b, :n].tolist() == ref[:n].tolist()
+
+def test_author_mask_lines_up_with_tokens(tok, senior, junior):
+    """Rebuild each token's author by re-scoring: a token written by the senior under greedy decoding is the
+    senior's argmax at that position given the prefix, and likewise for the junior."""
+    ps = prompts(tok, 4)
+    torch.manual_seed(4)
+    g = gen(tok, senior, junior, temperature=0, prompts=ps, max_new_tokens=30)
+    for b, p in enumerate(ps):
+        n = int(g["mask"][b].sum())
+        seq = torch.tensor([p + g["tokens"][b, :n].tolist()])
+        for who, m in ((True, senior), (False, junior)):
+            logits = m(seq).logits[0, len(p) - 1:len(p) - 1 + n, :len(tok)]
+            at = g["senior"][b, :n] == who
+            assert torch.equal(logits.argmax(-1)[at], g["tokens"][b, :n][at])
+    assert g["senior"].any() and (g["mask"] & ~g["senior"]).any()
+
+def test_cached_decode_logits_equal_full_forward(tok, senior):
+    p = prompts(tok, 2)
+    ids, attn = tg.left_pad(p, tok.pad_token_id, "cpu")
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    cache = tg.DynamicCache(config=senior.config)
+    h = tg.last_hidden(senior, ids, attn, pos, cache)
+    nxt = torch.tensor([[5], [7]])
+    attn2 = torch.cat([attn, torch.ones(2, 1, dtype=torch.long)], 1)
+    h2 = tg.last_hidden(senior, nxt, attn2, pos[:, -1:] + 1, cache)
+    full = senior(torch.cat([ids, nxt], 1), attention_mask=attn2,
+                  position_ids=(attn2.cumsum(1) - 1).clamp(min=0)).logits
+    lm = senior.get_output_embeddings()
+    torch.testing.assert_close(lm(h), full[:, -2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lm(h2), full[:, -1], atol=1e-5, rtol=1e-5)
+
+def test_eos_ends_rows_and_masks(tok, senior):
+    torch.manual_seed(5)
+    g = gen(tok, senior, None, schedule="solo", prompts=prompts(tok, 8), max_new_tokens=25)
+    eos = tg.eos_ids(tok)
+    for b in range(8):
+        n = int(g["mask"][b].sum())
+        toks = g["tokens"][b].tolist()
+        ends = [t for t in range(n) if toks[t] in eos]
+        if g["truncated"][b]:
+            assert n == 25 and not ends
+        else:
+            assert ends == [n - 1]  # mask runs up to and including the first EOS
+        assert all(t == tok.pad_token_id for t in toks[n:])
+
+def test_generation_config_eos_ids_stop_the_response(tok):
+    m = tiny_model(tok, seed=0)
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    m.generation_config.eos_token_id = [tok.eos_token_id, im_start]
+    assert tg.eos_ids(tok, m) == {tok.eos_token_id, im_start}
+    m.lm_head = Script(tok("12", add_special_tokens=False).input_ids + [im_start, 5, 6], m.config.vocab_size)
+    g = tg.tandem_generate(m, None, prompts(tok, 1), eos_ids=tg.eos_ids(tok, m), pad_id=tok.pad_token_id,
+                           n_vocab=len(tok), schedule="solo", max_new_tokens=10, temperature=1.0)
+    assert g["tokens"][0].tolist()[-1] == im_start and not g["truncated"][0]
+
+def blank_line_ends(tok, ids):
+    """Reference rule, on the text: the positions where the current turn's text first holds a blank line."""
+    ends, turn = [], ""
+    for t, i in enumerate(ids):
+        turn += tok.decode([i])
+        if "\n\n" in turn:
+            ends.append(t)
+            turn = ""
+    return ends
+
+def check_step_turns(tok, g, rows):
+    """Every row: the senior writes the first turn, and the author changes exactly after each blank line."""
+    swaps = 0
+    for b in range(rows):
+        n = int(g["mask"][b].sum())
+        toks, by_senior = g["tokens"][b, :n].tolist(), g["senior"][b, :n].tolist()
+        ends = set(blank_line_ends(tok, toks))
+        assert by_senior[0]
+        for t in range(1, n):
+            assert by_senior[t] == (by_senior[t - 1] ^ (t - 1 in ends))
+        swaps += len(ends)
+    return swaps
+
+def test_step_schedule_alternates_at_blank_lines(tok, senior, junior):
+    se = tg.step_end_mask(tok)  # [V, 3]: holds '\n\n', starts with '\n', ends with '\n'
+    v = tok.get_vocab()
+    assert se[v["ĊĊ"]].tolist() == [True, True, True] and se[v["Ġthe"]].tolist() == [False, False, False]
+    blank = v["ĊĊ"]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = Boost(s.lm_head, [blank, v["Ċ"]], 3.0), Boost(j.lm_head, [blank, v["Ċ"]], 3.0)
+    torch.manual_seed(6)
+    g = gen(tok, s, j, schedule="step", step_end=se, prompts=prompts(tok, 8), max_new_tokens=60)
+    assert check_step_turns(tok, g, 8) >= 8
+
+@pytest.fixture(scope="module")
+def split_tok():
+    """Like `tok`, but every newline is its own pre-token: a blank line is always two 'Ċ' tokens (as in SmolLM2)."""
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[\r\n]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|[^\S\r\n]+"),
+                             behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tk = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tk.chat_template = CHATML
+    return tk
+
+def test_step_schedule_hands_off_when_a_blank_line_is_two_tokens(split_tok):
+    tok = split_tok
+    se = tg.step_end_mask(tok)
+    assert not se[:, 0].any()  # no single token holds a blank line
+    nl = tok.get_vocab()["Ċ"]
+    assert tok("a\n\nb", add_special_tokens=False).input_ids.count(nl) == 2
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = Boost(s.lm_head, [nl], 6.0), Boost(j.lm_head, [nl], 6.0)
+    torch.manual_seed(3)
+    g = gen(tok, s, j, schedule="step", step_end=se, prompts=prompts(tok, 8), max_new_tokens=40)
+    assert check_step_turns(tok, g, 8) >= 8  # the junior does get turns
+    # "\n" + "\n" ends a turn; a third "\n" opens the next turn, it does not end it
+    assert blank_line_ends(tok, [nl, nl, nl, nl, nl]) == [1, 3]
+
+def test_step_schedule_max_turns(tok, senior, junior):
+    se = torch.ones(len(tok), 3, dtype=torch.bool)  # every token holds a blank line: turns are single tokens
+    g = gen(tok, senior, junior, schedule="step", step_end=se, max_turns=3, max_new_tokens=40)
+    assert (g["mask"].sum(1) <= 3).all() and g["truncated"][g["mask"].sum(1) == 3].all()
+    assert g["senior"][:, 0].all() and not g["senior"][:, 1].any()
+
+# ------------------------------------------------------------------------------------------------------------------
+# advantages and the loss
+
+def test_group_advantages_worked_example():
+    # group 1: rewards 1,0,0,0: mean 0.25, std (Bessel) = sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5
+    # group 2: all equal -> zero advantage, no gradient
+    a = tg.group_advantages(torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 1]), 4)
+    torch.testing.assert_close(a, torch.tensor([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0]), atol=1e-5, rtol=0)
+    b = tg.group_advantages(torch.tensor([1.0, 0.0]), 2)  # std = sqrt(0.5) -> +-0.5 / 0.7071
+    torch.testing.assert_close(b, torch.tensor([1 / math.sqrt(2), -1 / math.sqrt(2)]), atol=1e-5, rtol=0)
+
+def test_clipped_loss_hand_values():
+    # ratios 1.5, 0.5, 1.1, 0.7 with advantages +1, -1, -2, +2 (clip 0.2):
+    #   A=+1, r=1.5: max(-1.5, -1.2) = -1.2 (clipped above)   A=-1, r=0.5: max(0.5, 0.8) = 0.8 (clipped below)
+    #   A=-2, r=1.1: max(2.2, 2.2) = 2.2                      A=+2, r=0.7: max(-1.4, -1.6) = -1.4 (unclipped)
+    ratio = torch.tensor([1.5, 0.5, 1.1, 0.7])
+    old = torch.zeros(4)
+    adv = torch.tensor([1.0, -1.0, -2.0, 2.0])
+    loss = tg.grpo_loss(ratio.log(), old, adv, n_tokens=4)
+    assert loss.item() == pytest.approx((-1.2 + 0.8 + 2.2 - 1.4) / 4, abs=1e-6)
+    # asymmetric clip: clip_high 0.28 lets ratio 1.5 with A=+1 reach -1.28
+    assert tg.grpo_loss(ratio[:1].log(), old[:1], adv[:1], 1, 0.2, 0.28).item() == pytest.approx(-1.28, abs=1e-6)
+    # k3 KL: ref - logp = log 2 -> k3 = 2 - log 2 - 1
+    kl = tg.grpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), 1, ref_logp=torch.tensor([math.log(2)]),
+                      kl_coef=0.5)
+    assert kl.item() == pytest.approx(0.5 * (1 - math.log(2)), abs=1e-6)
+    # gradient: d(-A ratio)/d logp = -A ratio where unclipped, 0 where the clipped branch wins
+    lp = ratio.log().requires_grad_()
+    tg.grpo_loss(lp, old, adv, 4).backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([0.0, 0.0, 2.0 * 1.1 / 4, -2.0 * 0.7 / 4]))
+
+def test_dual_clip_and_token_weights_hand_values():
+    # ratio 5, A = -1: max(-A r, -A clip(r)) = max(5, 1.2) = 5; the dual clip caps it at -A * 3 = 3
+    lp, old, adv = torch.tensor([math.log(5.0)]), torch.zeros(1), torch.tensor([-1.0])
+    assert tg.grpo_loss(lp, old, adv, 1).item() == pytest.approx(3.0, abs=1e-6)
+    assert tg.grpo_loss(lp, old, adv, 1, clip_c=0).item() == pytest.approx(5.0, abs=1e-5)    # off
+    assert tg.grpo_loss(lp, old, -adv, 1).item() == pytest.approx(-1.2, abs=1e-6)            # A > 0: untouched
+    x = lp.clone().requires_grad_()
+    tg.grpo_loss(x, old, adv, 1).backward()
+    assert x.grad.item() == 0.0                     # the capped branch is a constant: no gradient
+    # junior tokens at weight 0.5 (ratios 1.5, 0.5; A = +1, -1): (-1.2 * 1 + 0.8 * 0.5) / (1 + 0.5)
+    w = tg.grpo_loss(torch.tensor([1.5, 0.5]).log(), torch.zeros(2), torch.tensor([1.0, -1.0]), 1.5,
+                     weight=torch.tensor([1.0, 0.5]))
+    assert w.item() == pytest.approx((-1.2 + 0.4) / 1.5, abs=1e-6)
+
+def test_logprobs_match_full_log_softmax(tok, senior):
+    ps = prompts(tok, 3)
+    torch.manual_seed(9)
+    g = gen(tok, senior, None, schedule="solo", prompts=ps, max_new_tokens=15)
+    ro = rollouts_for(tok, g, ps, [0, 0, 0])
+    ids, attn, P, sel = tg.pack(ro, tok.pad_token_id, "cpu")
+    sel = torch.tensor([[t < len(r["response"]) for t in range(sel.shape[1])] for r in ro])
+    lp = tg.response_logprobs(senior, ids, attn, P, sel, len(tok), 0.6)
+    for b, r in enumerate(ro):  # reference: each row alone, unpadded, full vocabulary then cut
+        seq = torch.tensor([r["prompt"] + r["response"]])
+        logits = senior(seq).logits[0, len(r["prompt"]) - 1:-1, :len(tok)].float() / 0.6
+        ref = logits.log_softmax(-1).gather(1, torch.tensor(r["response"])[:, None]).squeeze(1)
+        start = int(sel[:b].sum())
+        torch.testing.assert_close(lp[start:start + len(r["response"])], ref, atol=1e-5, rtol=1e-5)
+
+# ------------------------------------------------------------------------------------------------------------------
+# one training step: rollouts, old log-probs, token-mean updates on the senior's tokens
+
+def rollouts_for(tok, g, ps, rewards):
+    out = []
+    for b, p in enumerate(ps):
+        n = int(g["mask"][b].sum())
+        out.append(dict(prompt=p, response=g["tokens"][b, :n].tolist(), senior=g["senior"][b, :n].tolist(),
+                        reward=rewards[b], truncated=False))
+    return out
+
+def args_for(tok, **kw):
+    a = tg.get_args(["--data", "x"])
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+def test_rollouts_run_in_eval_mode_and_cut_responses_are_graded(tok, monkeypatch):
+    """A scripted senior writes \\boxed{46} and then would write EOS; the budget cuts it just before the EOS."""
+    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
+    m = tiny_model(tok, seed=0)
+    m.train()  # as after an update
+    modes, generate = [], tg.tandem_generate
+    monkeypatch.setattr(tg, "tandem_generate", lambda s, *a, **k: modes.append(s.training) or generate(s, *a, **k))
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}]
+    for rule, score in (("grade", 1.0), ("zero", 0.0)):
+        m.lm_head = Script(right + [tok.eos_token_id], m.config.vocab_size)
+        a = args_for(tok, group_size=2, max_new_tokens=len(right), truncated_reward=rule, schedule="solo")
+        ro = tg.rollout(m, None, tok, probs[:1] * 1, a, None, None)[:1]
+        assert ro[0]["truncated"] and ro[0]["reward"] == score
+    assert modes == [False, False]
+
+@pytest.mark.parametrize("w_junior", [0.0, 0.5])
+def test_token_mean_over_micro_batches_equals_full_batch(tok, senior, junior, w_junior):
+    ps = prompts(tok, 8)
+    torch.manual_seed(7)
+    g = gen(tok, senior, junior, prompts=ps)
+    ro = rollouts_for(tok, g, ps, [1.0, 0, 0, 1, 0, 1, 0, 0])
+    grads = []
+    for mb in (8, 3, 1):
+        m = tiny_model(tok, seed=0).float()
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the step leaves weights, we read the gradient
+        a = args_for(tok, group_size=4, prompts_per_step=2, mini_batch_prompts=2, micro_batch=mb, grad_clip=1e9,
+                     junior_token_weight=w_junior)
+        captured = {}
+        opt.step = lambda: captured.update(g=[p.grad.clone() for p in m.parameters()])
+        tg.train_step(m, junior, tok, opt, ro, a)
+        grads.append(captured["g"])
+    assert sum(g.abs().sum() for g in grads[0]) > 0  # a real gradient, not zeros on both sides
+    for other in grads[1:]:
+        for x, y in zip(grads[0], other):
+            torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-4)
+
+def test_junior_positions_get_zero_gradient(tok, senior, junior):
+    ps = prompts(tok, 4)
+    torch.manual_seed(8)
+    g = gen(tok, senior, junior, prompts=ps, max_new_tokens=30)
+    ro = rollouts_for(tok, g, ps, [1.0, 0, 1, 0])
+    ids, attn, P, by_senior = tg.pack(ro, tok.pad_token_id, "cpu")
+    body = senior.get_decoder()
+    keep = {}
+    hook = body.register_forward_hook(lambda mod, inp, out: keep.update(h=out.last_hidden_state) or
+                                      out.last_hidden_state.retain_grad())
+    lp = tg.response_logprobs(senior, ids, attn, P, by_senior, len(tok), 1.0)
+    hook.remove()
+    adv = torch.cat([tg.group_advantages(torch.tensor([1.0, 0, 1, 0]), 4)[i].expand(int(by_senior[i].sum()))
+                     for i in range(4)])
+    tg.grpo_loss(lp, lp.detach(), adv, int(by_senior.sum())).backward()
+    grad = keep["h"].grad[:, P - 1:-1].abs().sum(-1)      # [b, T]: gradient at the state predicting token t
+    resp = torch.tensor([[t < len(r["response"]) for t in range(by_senior.shape[1])] for r in ro])
+    assert (grad[resp & ~by_senior] == 0).all()          # junior-written tokens: exactly zero
+    assert (grad[by_senior] > 0).all()                   # senior-written tokens: all carry gradient
+    senior.zero_grad(set_to_none=True)
+
+def test_junior_tokens_weigh_junior_token_weight(tok, senior, junior, monkeypatch):
+    ps = prompts(tok, 4)
+    torch.manual_seed(11)
+    ro = rollouts_for(tok, gen(tok, senior, junior, prompts=ps), ps, [1.0, 0, 1, 0])
+    n_senior = sum(sum(r["senior"]) for r in ro)
+    n_junior = sum(len(r["senior"]) for r in ro) - n_senior
+    assert n_senior and n_junior
+    seen, loss = [], tg.grpo_loss
+    monkeypatch.setattr(tg, "grpo_loss", lambda *a: seen.append((a[3], a[-1])) or loss(*a))
+    m = tiny_model(tok, seed=0)
+    m.requires_grad_(True)
+    tg.train_step(m, junior, tok, torch.optim.SGD(m.parameters(), lr=0.0), ro,
+                  args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1, micro_batch=4,
+                           junior_token_weight=0.25))
+    (n_tokens, weight), = seen
+    assert n_tokens == pytest.approx(n_senior + 0.25 * n_junior)   # the weighted token count of the mini-batch
+    assert sorted(set(weight.tolist())) == [0.25, 1.0] and (weight == 1).sum() == n_senior
+
+def test_step_changes_senior_not_junior(tok, junior):
+    m = tiny_model(tok, seed=0)
+    m.requires_grad_(True)
+    before_s = [p.clone() for p in m.parameters()]
+    before_j = [p.clone() for p in junior.parameters()]
+    ps = prompts(tok, 4)
+    torch.manual_seed(10)
+    g = gen(tok, m, junior, prompts=ps)
+    ro = rollouts_for(tok, g, ps, [1.0, 0, 0, 0])
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    tg.train_step(m, junior, tok, opt, ro, args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1,
+                                               micro_batch=2, kl_coef=0.001))
+    assert all(torch.equal(a, b) for a, b in zip(before_j, junior.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_s, m.parameters()))
+
+def test_non_finite_gradient_is_skipped_and_three_in_a_row_stop(tok, senior, junior):
+    ps = prompts(tok, 4)
+    torch.manual_seed(12)
+    ro = rollouts_for(tok, gen(tok, senior, junior, prompts=ps), ps, [1.0, 0, 1, 0, 0, 1, 0, 0])[:4] * 2
+    m = tiny_model(tok, seed=0)
+    m.requires_grad_(True)
+    before = [p.clone() for p in m.parameters()]
+    hook = next(m.parameters()).register_hook(lambda g: g * float("nan"))   # a NaN gradient, injected
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    a = args_for(tok, group_size=4, prompts_per_step=2, mini_batch_prompts=1, micro_batch=4)
+    out = tg.train_step(m, junior, tok, opt, ro, a)
+    assert out["skipped"] == 2 and out["skipped_in_a_row"] == 2 and math.isfinite(out["grad_norm"])
+    assert all(torch.equal(x, y) for x, y in zip(before, m.parameters()))     # the weights never saw it
+    with pytest.raises(tg.UserError, match="3 updates in a row had a non-finite gradient"):
+        tg.train_step(m, junior, tok, opt, ro, a, skipped_in_a_row=2)
+    hook.remove()
+    out = tg.train_step(m, junior, tok, opt, ro, a, skipped_in_a_row=2)
+    assert out["skipped"] == 0 and out["skipped_in_a_row"] == 0 and out["grad_norm"] > 0
+    with torch.no_grad():
+        next(m.parameters())[0, 0] = float("inf")
+    with pytest.raises(tg.UserError, match="non-finite weights"):
+        tg.save_checkpoint(Path(tempfile.mkdtemp()), 1, m, tok, opt)
+
+# ------------------------------------------------------------------------------------------------------------------
+# the training loop: validation, logs, --out policy, resume (and the checkpoint appendix), Ctrl-C
+
 def write_run_files(tmp_path, tok):
     tiny_model(tok, seed=0).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
@@ -696,41 +628,41 @@ def test_save_resume_gives_the_same_next_step(tmp_path, tok):
     assert not (tmp_path / "a" / "step_000001" / "trainer.pt").exists()
     assert (tmp_path / "a" / "step_000001" / "model.safetensors").exists()
 
-@pytest.mark.parametrize("argv, words", [
-    (["--group-size", "1"], "--group-size must be >= 2"), (["--group-size", "0"], "--group-size must be >= 2"),
-    (["--temperature", "0"], "--temperature must be > 0"), (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"),
-    (["--p-senior", "-0.5"], "--p-senior must be in [0, 1]"),
-    (["--mini-batch-prompts", "0"], "--mini-batch-prompts must be >= 1"),
-    (["--lr", "0"], "--lr must be > 0"), (["--steps", "0"], "--steps must be >= 1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-    (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"),
-    (["--prompts-per-step", "6"], "multiple of --mini-batch-prompts"), (["--out", __file__], "is a file")])
-def test_bad_flags_are_refused_before_anything_loads(argv, words, capsys):
-    with pytest.raises(SystemExit) as e:
-        tg.get_args(["--data", "x", *argv])
-    assert e.value.code == 2 and words in capsys.readouterr().err
+def test_solo_accuracy_has_its_own_random_stream(tok):
+    m = tiny_model(tok, seed=0)
+    probs = [{"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)]
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    assert tg.solo_accuracy(m, tok, probs, max_new_tokens=8) == tg.solo_accuracy(m, tok, probs, max_new_tokens=8)
+    assert torch.equal(torch.get_rng_state(), state)                   # the training stream is untouched
 
-def test_help_shows_every_default(capsys):
-    with pytest.raises(SystemExit):
-        tg.get_args(["--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    for d in ("(default: 0.5)", "(default: 3.0)", "(default: grade)", "(default: 1000)", "(default: runs/trl)"):
-        assert d in out
+def test_validation_problems_never_reach_training(tmp_path, tok, monkeypatch):
+    write_run_files(tmp_path, tok)                                    # 9 problems
+    train, val = tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)
+    assert len(train) == 6 and len(val) == 3 and not {p["problem"] for p in val} & {p["problem"] for p in train}
+    assert tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)[1] == val   # a fixed draw
+    seen, rollout = [], tg.rollout
+    monkeypatch.setattr(tg, "rollout", lambda s, j, t, probs, *a: seen.extend(probs) or rollout(s, j, t, probs, *a))
+    m = run_main(tmp_path, tmp_path / "o", "--steps", "4", "--val-size", "3", "--val-every", "2")
+    assert [("val_solo" in x) for x in m] == [False, True, False, True] and 0 <= m[1]["val_solo"] <= 1
+    assert len(seen) == 8 and not {p["problem"] for p in seen} & {p["problem"] for p in val}
 
-def cli(*argv, cwd=None):
-    return subprocess.run([sys.executable, str(Path(tg.__file__)), *argv], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
-
-def test_user_errors_are_one_line_without_traceback(tmp_path):
-    (tmp_path / "o").mkdir()
-    (tmp_path / "o" / "metrics.jsonl").write_text("")
-    r = cli("--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 1 and r.stderr.startswith("error: --out") and len(r.stderr.strip().splitlines()) == 1
-    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "1 + 1?", "answer": "2"}))
-    r = cli("--data", str(tmp_path / "d.jsonl"), "--model", str(tmp_path / "no_model"), "--val-size", "0",
-            "--out", str(tmp_path / "o2"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert f"error: {tmp_path / 'no_model'}: neither a local model folder nor a reachable hub id" in r.stderr
+def test_log_and_show_lines(tmp_path, tok, capsys):
+    r = dict(response=tok("The answer is", add_special_tokens=False).input_ids, reward=1.0)
+    assert len(r["response"]) == 3
+    r["senior"] = [True, False, True]
+    shown = tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=False)
+    assert "The[[ answer]] is" in shown and "reward 1 (gold 4)" in shown
+    assert "\033[36m answer\033[0m" in tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=True)
+    write_run_files(tmp_path, tok)
+    capsys.readouterr()
+    run_main(tmp_path, tmp_path / "o", "--steps", "4", "--log-every", "2", "--show-every", "3")
+    out = capsys.readouterr().out
+    assert [l.split(" | ")[0] for l in out.splitlines() if l.startswith("step ")] == ["step 2/4", "step 4/4"]
+    assert out.count("--- problem:") == 2                             # the first step, and step 3
+    line = next(l for l in out.splitlines() if l.startswith("step 2/4"))
+    for key in ("reward", "zero-var", "senior", "switches", "clip", "gnorm"):
+        assert f"| {key} " in line
 
 def test_used_out_needs_resume_and_resume_on_an_empty_folder_starts(tmp_path, tok, capsys):
     write_run_files(tmp_path, tok)
@@ -750,25 +682,6 @@ def test_resume_drops_a_torn_last_metrics_line(tmp_path, tok, capsys):
     assert [m["step"] for m in run_main(tmp_path, tmp_path / "o", "--steps", "2", "--resume")] == [1, 2]
     assert "dropped a torn last line" in capsys.readouterr().out
 
-def test_validation_problems_never_reach_training(tmp_path, tok, monkeypatch):
-    write_run_files(tmp_path, tok)                                    # 9 problems
-    train, val = tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)
-    assert len(train) == 6 and len(val) == 3 and not {p["problem"] for p in val} & {p["problem"] for p in train}
-    assert tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)[1] == val   # a fixed draw
-    seen, rollout = [], tg.rollout
-    monkeypatch.setattr(tg, "rollout", lambda s, j, t, probs, *a: seen.extend(probs) or rollout(s, j, t, probs, *a))
-    m = run_main(tmp_path, tmp_path / "o", "--steps", "4", "--val-size", "3", "--val-every", "2")
-    assert [("val_solo" in x) for x in m] == [False, True, False, True] and 0 <= m[1]["val_solo"] <= 1
-    assert len(seen) == 8 and not {p["problem"] for p in seen} & {p["problem"] for p in val}
-
-def test_solo_accuracy_has_its_own_random_stream(tok):
-    m = tiny_model(tok, seed=0)
-    probs = [{"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)]
-    torch.manual_seed(5)
-    state = torch.get_rng_state()
-    assert tg.solo_accuracy(m, tok, probs, max_new_tokens=8) == tg.solo_accuracy(m, tok, probs, max_new_tokens=8)
-    assert torch.equal(torch.get_rng_state(), state)                   # the training stream is untouched
-
 def test_demo_resume_is_exact(tmp_path, tok, monkeypatch, capsys):
     write_run_files(tmp_path, tok)
     (tmp_path / "test.jsonl").write_text((tmp_path / "d.jsonl").read_text())
@@ -785,22 +698,20 @@ def test_demo_resume_is_exact(tmp_path, tok, monkeypatch, capsys):
     resumed = demo("b", "2", "--resume")
     assert straight.split(" (")[0] == resumed.split(" (")[0]          # the same before and after accuracy
 
-def test_log_and_show_lines(tmp_path, tok, capsys):
-    r = dict(response=tok("The answer is", add_special_tokens=False).input_ids, reward=1.0)
-    assert len(r["response"]) == 3
-    r["senior"] = [True, False, True]
-    shown = tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=False)
-    assert "The[[ answer]] is" in shown and "reward 1 (gold 4)" in shown
-    assert "\033[36m answer\033[0m" in tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=True)
-    write_run_files(tmp_path, tok)
-    capsys.readouterr()
-    run_main(tmp_path, tmp_path / "o", "--steps", "4", "--log-every", "2", "--show-every", "3")
-    out = capsys.readouterr().out
-    assert [l.split(" | ")[0] for l in out.splitlines() if l.startswith("step ")] == ["step 2/4", "step 4/4"]
-    assert out.count("--- problem:") == 2                             # the first step, and step 3
-    line = next(l for l in out.splitlines() if l.startswith("step 2/4"))
-    for key in ("reward", "zero-var", "senior", "switches", "clip", "gnorm"):
-        assert f"| {key} " in line
+def cli(*argv, cwd=None):
+    return subprocess.run([sys.executable, str(Path(tg.__file__)), *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "metrics.jsonl").write_text("")
+    r = cli("--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and r.stderr.startswith("error: --out") and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "1 + 1?", "answer": "2"}))
+    r = cli("--data", str(tmp_path / "d.jsonl"), "--model", str(tmp_path / "no_model"), "--val-size", "0",
+            "--out", str(tmp_path / "o2"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"error: {tmp_path / 'no_model'}: neither a local model folder nor a reachable hub id" in r.stderr
 
 def test_ctrl_c_stops_with_a_resume_hint(tmp_path, tok):
     write_run_files(tmp_path, tok)
@@ -819,7 +730,110 @@ def test_ctrl_c_stops_with_a_resume_hint(tmp_path, tok):
     assert "last checkpoint: " + str(out / "step_") in err and "resume with: " in err and "--resume" in err
 
 # ------------------------------------------------------------------------------------------------------------------
-# more than one process: torchrun and FSDP2 on CPU (gloo, loopback only)
+# appendix: GPU memory (who holds the junior, per phase)
+
+def test_junior_writes_decides_for_generation_main_and_memory_report(capsys):
+    table = {("word", 0.5): True, ("word", 1.0): False, ("token", 0.0): True, ("step", 1.0): True,
+             ("solo", 0.5): False, ("solo", 0.0): False}
+    assert {k: tg.junior_writes(*k) for k in table} == table
+    def junior_row(*argv):
+        tg.memory_report(tg.get_args(["--model", str(tg.DEMO_DIR.parent / "configs" / "qwen3-0.6b"), *argv]))
+        row = next(l for l in capsys.readouterr().out.splitlines() if "junior weights" in l)
+        return [float(x) > 0 for x in row.split()[-2:]]   # [rollout, update] hold the junior?
+    assert junior_row() == [True, False]
+    assert junior_row("--schedule", "step", "--p-senior", "1") == [True, False]   # step: the junior writes
+    assert junior_row("--schedule", "solo") == [False, False]
+    assert junior_row("--schedule", "solo", "--kl-coef", "0.001") == [True, True]  # KL keeps it on the GPU
+
+# ------------------------------------------------------------------------------------------------------------------
+# appendix: static-shape decode (--compile): on CPU, exactly tandem_generate's tokens, authors, masks, truncation
+
+class EndWhen(torch.nn.Module):
+    """An output layer that adds by * h[unit] to the EOS logit: the end depends on the context, so rows (greedy ones
+    too) end at different steps."""
+    def __init__(self, head, eos, by=3.0, unit=2):
+        super().__init__()
+        self.head, self.eos, self.by, self.unit = head, eos, by, unit
+    def forward(self, h):
+        out = self.head(h)
+        out[..., self.eos] += self.by * h[..., self.unit]
+        return out
+
+@pytest.fixture(scope="module")
+def enders(tok):
+    """Senior and junior whose rows end at mixed steps (greedy and sampled) and who write blank lines often."""
+    blank = tok.get_vocab()["ĊĊ"]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = (Boost(EndWhen(m.lm_head, tok.eos_token_id), [blank], 1.5) for m in (s, j))
+    return s, j
+
+def both_paths(tok, s, j, seed, compile=None, **kw):
+    """(tandem_generate, static_generate) on the same seed; check_every=4 makes the static loop run past the end."""
+    torch.manual_seed(seed)
+    ref = gen(tok, s, j, **kw)
+    torch.manual_seed(seed)
+    return ref, gen(tok, s, j, static=True, check_every=4, compile=compile, **kw)
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+@pytest.mark.parametrize("schedule", ["word", "token", "step", "solo"])
+def test_static_decode_gives_the_same_rollouts(tok, enders, schedule, temperature):
+    s, j = enders
+    ref, out = both_paths(tok, s, j, seed=0, schedule=schedule, temperature=temperature, prompts=prompts(tok, 8),
+                          step_end=tg.step_end_mask(tok), max_new_tokens=30)
+    for k in ("tokens", "senior", "mask", "truncated"):
+        assert torch.equal(out[k], ref[k]), k
+    lengths = ref["mask"].sum(1)
+    assert (~ref["truncated"]).any() and len(set(lengths.tolist())) >= 2  # rows do end early, at different steps
+    if schedule != "solo":
+        assert ref["senior"].any() and (ref["mask"] & ~ref["senior"]).any()  # both authors wrote
+
+def test_static_decode_step_max_turns(tok, enders):
+    s, j = enders
+    se = torch.ones(len(tok), 3, dtype=torch.bool)  # every token holds a blank line: turns are single tokens
+    for temperature in (0, 1.0):
+        ref, out = both_paths(tok, s, j, seed=1, schedule="step", step_end=se, max_turns=3,
+                              temperature=temperature, prompts=prompts(tok, 8))
+        for k in ("tokens", "senior", "mask", "truncated"):
+            assert torch.equal(out[k], ref[k]), k
+        stopped = ref["truncated"] & (ref["mask"].sum(1) == 3)  # cut by the turn budget, not by EOS
+        assert stopped.any() and (ref["mask"].sum(1) <= 3).all()
+
+def test_static_decode_traces_as_one_graph_and_reuses_its_caches(tok, enders, monkeypatch):
+    """compile=True as on CUDA, with dynamo's eager backend on CPU: fullgraph=True fails on any graph break; the kept
+    caches are emptied and reused for the next call (the same objects), and grow for a longer one."""
+    s, j = enders
+    real = torch.compile
+    monkeypatch.setattr(tg.torch, "compile", lambda fn, **kw: real(fn, backend="eager", fullgraph=True))
+    monkeypatch.setattr(tg, "STATIC", {})
+    kw = dict(schedule="word", prompts=prompts(tok, 4), max_new_tokens=20, compile=True)
+    ref, out = both_paths(tok, s, j, seed=2, **kw)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    caches = {k: v[1] for k, v in tg.STATIC.items() if k != "read"}
+    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [256, 256]  # P + 20 rounded up, per model
+    ref, out = both_paths(tok, s, j, seed=3, **kw)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    assert all(tg.STATIC[k][1] is c for k, c in caches.items())  # reused, not reallocated
+    ref, out = both_paths(tok, s, j, seed=3, **dict(kw, max_new_tokens=300))
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [512, 512]  # grown once for both models
+
+def test_compile_flag_routes_rollouts_through_the_static_path(tok, monkeypatch):
+    assert tg.get_args(["--data", "x"]).compile is False and tg.get_args(["--data", "x", "--compile"]).compile
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    calls = []
+    static = tg.static_generate
+    monkeypatch.setattr(tg, "static_generate", lambda *a, **k: calls.append(1) or static(*a, **k))
+    problems = [dict(problem="What is 12 + 34?", answer="46"), dict(problem="Add 1 and 3.", answer="4")]
+    ro = {}
+    for flag in ([], ["--compile"]):
+        args = tg.get_args(["--data", "x", "--group-size", "2", "--gen-batch", "3", "--max-new-tokens", "12",
+                            "--temperature", "1.0", *flag])
+        torch.manual_seed(0)
+        ro[bool(flag)] = tg.rollout(s, j, tok, problems, args, tg.word_start_mask(tok), None)
+    assert len(calls) == 2 and ro[True] == ro[False]  # two generation batches (3 + 1 rollouts), the same rollouts
+
+# ------------------------------------------------------------------------------------------------------------------
+# appendix: more than one GPU: torchrun and FSDP2 on CPU (gloo, loopback only)
 
 def free_port():
     with socket.socket() as s:
@@ -965,399 +979,7 @@ def test_two_rank_demo_loses_a_rank_and_resumes_on_one(tmp_path, capsys):
     assert {s["step"].item() for s in adam.values()} == {k + 2}   # one update a step: none lost, none redone
 
 # ------------------------------------------------------------------------------------------------------------------
-# eval.py: pass@k, bootstrap intervals, cross-entropy and KL, handoff schedules
-
-def eos_of(tok):
-    return tg.eos_ids(tok)
-
-def eval_args(**kw):
-    a = ev.get_args(["--senior", "x", "--data", str(tg.DEMO_DIR / "test.jsonl"), "--device", "cpu"])
-    small = dict(n=4, max_new_tokens=24, batch=16, tf_batch=8, temperature=1.0, top_k=0, top_p=1.0)
-    for k, v in {**small, **kw}.items():
-        setattr(a, k, v)
-    return a
-
-class Boost(torch.nn.Module):
-    """An output layer that adds `by` to the logits of `ids` (to make a tiny random model write blank lines)."""
-    def __init__(self, head, ids, by):
-        super().__init__()
-        self.head, self.ids, self.by = head, ids, by
-    def forward(self, h):
-        out = self.head(h)
-        out[..., self.ids] += self.by
-        return out
-
-class FixedLogits(torch.nn.Module):
-    """A 'model' whose next-token logits are the same vector w at every position: h = 1, logits = w h."""
-    def __init__(self, w):
-        super().__init__()
-        self.head = torch.nn.Linear(1, len(w), bias=False)
-        self.head.weight.data = w[:, None].clone()
-    def get_decoder(self):
-        return lambda input_ids, **kw: SimpleNamespace(last_hidden_state=torch.ones(*input_ids.shape, 1))
-    def get_output_embeddings(self):
-        return self.head
-
-# ------------------------------------------------------------------------------------------------------------------
-# statistics
-
-def test_pass_at_k_hand_values():
-    assert ev.pass_at_k(8, 3, 1) == pytest.approx(0.375)                      # c / n
-    assert ev.pass_at_k(8, 3, 2) == pytest.approx(1 - 10 / 28)                # C(5,2) / C(8,2)
-    assert ev.pass_at_k(8, 3, 4) == pytest.approx(1 - math.comb(5, 4) / math.comb(8, 4))  # 1 - 5/70
-    assert ev.pass_at_k(8, 3, 8) == 1.0 and ev.pass_at_k(8, 5, 4) == 1.0      # k > n - c: a correct one is drawn
-    assert ev.pass_at_k(8, 0, 4) == 0.0 and ev.pass_at_k(8, 8, 1) == 1.0
-    assert ev.ks_for(8) == [1, 2, 4, 8] and ev.ks_for(6) == [1, 2, 4, 6] and ev.ks_for(1) == [1]
-
-def test_bootstrap_contains_estimate_and_narrows():
-    few = torch.tensor([1.0] * 6 + [0.0] * 14)                # 20 problems, mean 0.3
-    many = few.repeat(100)                                    # 2000 problems, same mean
-    lo1, hi1 = ev.bootstrap_ci([few])
-    lo2, hi2 = ev.bootstrap_ci([many])
-    assert lo1 < 0.3 < hi1 and lo2 < 0.3 < hi2
-    # the normal approximation: width = 2 * 1.96 * sqrt(0.3 * 0.7 / n)
-    assert hi1 - lo1 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 20), rel=0.15)
-    assert hi2 - lo2 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 2000), rel=0.1)
-    # macro over two files: the interval of (mean_1 + mean_2) / 2; a file without variance adds none
-    lo3, hi3 = ev.bootstrap_ci([many, torch.ones(50)])
-    assert (lo3, hi3) == pytest.approx(((lo2 + 1) / 2, (hi2 + 1) / 2), abs=0.01)
-    assert ev.bootstrap_ci([torch.full((30,), 0.25)]) == pytest.approx((0.25, 0.25))
-
-def fake_file(rewards_by_problem, legibility=None):
-    """An evaluate() result whose three schedules share the given rewards; solo samples carry the given legibility."""
-    res = {}
-    for sch in ev.SCHEDULES:
-        res[sch] = [[dict(reward=r, length=10, senior_tokens=5, truncated=False) for r in rs]
-                    for rs in rewards_by_problem]
-    for i, x in enumerate(x for s in res["solo"] for x in s):
-        x.update(legibility=legibility[i] if legibility else 1.0, self_ce=0.5, drift=0.1)
-    return res
-
-def test_metrics_macro_and_paired_by_problem():
-    a = eval_args(n=2)
-    f1 = fake_file([[1, 0], [0, 0]], legibility=[1, 3, 1, 3])   # pass@1 per problem 0.5, 0 -> 0.25
-    f2 = fake_file([[1, 1], [1, 1], [1, 1], [1, 1]], legibility=[4] * 8)
-    m = ev.metrics([f1, f2], a)
-    assert m["solo pass@1"][0] == pytest.approx((0.25 + 1) / 2)  # macro: files weigh equally, not problems
-    assert m["solo pass@2"][0] == pytest.approx((0.5 + 1) / 2)   # problem 1 of f1: 1 - C(1,2)/C(2,2) = 1
-    assert m["legibility"] == pytest.approx((2 + 4) / 2)         # per response, per file, then macro
-    assert m["step/solo pass@2"] == pytest.approx(1.0) and m["word share"] == pytest.approx(0.5)
-    # paired by problem: b is a plus 1/2 on every problem -> the difference is exactly 1/2, with a zero-width interval
-    b = fake_file([[1, 1], [1, 0]])
-    d = ev.paired([b], [f1], a)
-    assert d["solo pass@1"] == pytest.approx([0.5, 0.5, 0.5])
-    lo, hi = ev.metrics([f1], a)["solo pass@1"][1:]
-    assert hi - lo > 0.4  # unpaired, each senior's own interval is wide
-
-# ------------------------------------------------------------------------------------------------------------------
-# legibility and drift
-
-def test_cross_entropy_and_kl_hand_values(tok):
-    V, a, b = len(tok), 7, 9
-    wide = torch.full((V + 24,), 50.0)        # ids past the tokenizer get huge logits: they must be cut
-    w_s, w_j = wide.clone(), wide.clone()
-    w_s[:V], w_j[:V] = 0.0, 0.0
-    w_s[a] = math.log(3)                       # senior p: 3/(V+2) on a, 1/(V+2) elsewhere; junior q: uniform 1/V
-    s, j = FixedLogits(w_s), FixedLogits(w_j)
-    s.parameters = j.parameters = lambda: iter([torch.zeros(1)])
-    pairs = [([1, 2, 3], [a, b, b]), ([4, 5], [b])]
-    out = ev.teacher_forced(s, j, pairs, V, tok.pad_token_id, batch=2)
-    kl = 3 / (V + 2) * math.log(3 * V / (V + 2)) + (V - 1) / (V + 2) * math.log(V / (V + 2))
-    ce_s = [(math.log((V + 2) / 3) + 2 * math.log(V + 2)) / 3, math.log(V + 2)]   # averaged per response
-    for (leg, self_ce, drift), ce in zip(out, ce_s):
-        assert leg == pytest.approx(math.log(V), rel=1e-5)
-        assert self_ce == pytest.approx(ce, rel=1e-5)
-        assert drift == pytest.approx(kl, rel=1e-4)
-
-def test_teacher_forced_matches_unpadded_forward(tok):
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    torch.manual_seed(0)
-    g = tg.tandem_generate(s, None, prompts(tok, 3), eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id,
-                           n_vocab=len(tok), schedule="solo", max_new_tokens=12, temperature=1.0)
-    pairs = [(p, g["tokens"][i][g["mask"][i]].tolist()) for i, p in enumerate(prompts(tok, 3))]
-    out = ev.teacher_forced(s, j, pairs, len(tok), tok.pad_token_id, batch=3)
-    for (p, r), (leg, self_ce, drift) in zip(pairs, out):  # reference: each row alone, full forward, then cut
-        seq = torch.tensor([p + r])
-        logp = s(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
-        logq = j(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
-        y = torch.tensor(r)[:, None]
-        assert leg == pytest.approx(-logq.gather(1, y).mean().item(), rel=1e-5)
-        assert self_ce == pytest.approx(-logp.gather(1, y).mean().item(), rel=1e-5)
-        ref = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).mean().item()
-        assert drift == pytest.approx(ref, rel=1e-4) and drift > 0
-
-def test_chain_of_thought_drops_eos_and_leaves_long_chains_out():
-    assert ev.chain_of_thought(10, [5, 6, 7], truncated=False) == [5, 6]    # the end-of-turn token is not read
-    assert ev.chain_of_thought(10, [5, 6, 7], truncated=True) == [5, 6, 7]  # cut: there is no end-of-turn token
-    assert ev.chain_of_thought(10, [7], truncated=False) is None            # nothing left to read
-    assert ev.chain_of_thought(88, list(range(4000)), truncated=True) is None       # prompt + chain 4,088: left out
-    assert len(ev.chain_of_thought(88, list(range(4000)), truncated=False)) == 3999  # 4,087 after the EOS: kept
-
-def test_legibility_is_the_junior_ce_without_eos(tok, monkeypatch):
-    """A scripted senior writes `right` then EOS; legibility must be the junior's mean CE over `right` alone."""
-    right = tok("The answer is \\boxed{46}.", add_special_tokens=False).input_ids
-    probs = [{"problem": "What is 12 + 34?", "answer": "46"}]
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    p = tg.prompt_ids(tok, probs[0]["problem"])
-    logq = j(torch.tensor([p + right + [tok.eos_token_id]])).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
-    ce = -logq.gather(1, torch.tensor(right + [tok.eos_token_id])[:, None])[:, 0]   # [len(right) + 1]
-    ws, se, a = tg.word_start_mask(tok), tg.step_end_mask(tok), eval_args(n=1, max_new_tokens=len(right) + 1)
-    for limit, kept in ((len(p) + len(right) + 1, True), (len(p) + len(right), False)):  # prompt + chain >= limit: out
-        monkeypatch.setattr(ev, "LEGIBILITY_MAX", limit)
-        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
-        res = ev.evaluate(s, j, tok, probs, a, ws, se, eos_of(tok))
-        x, m = res["solo"][0][0], ev.metrics([res], a)
-        assert x["length"] == len(right) + 1 and not x["truncated"]
-        if kept:
-            assert x["legibility"] == pytest.approx(ce[:-1].mean().item(), rel=1e-5)
-            assert x["legibility"] != pytest.approx(ce.mean().item(), rel=1e-3)   # with the EOS it would differ
-            assert x["self_ce"] == pytest.approx(math.log(len(tok)), rel=1e-5)     # the script is uniform after
-            assert m["legibility"] == x["legibility"] and m["left out"] == 0
-        else:
-            assert x["legibility"] is x["drift"] is x["self_ce"] is None
-            assert m["legibility"] is None and m["left out"] == 1
-
-# ------------------------------------------------------------------------------------------------------------------
-# schedules and budgets
-
-def test_budget():
-    assert ev.budget(100, 3000, "step") == 3000 == ev.budget(100, 3000, "solo")
-    assert ev.budget(1500, 3000, "step") == 4096 - 1500 - 8    # the authors' handoff loop keeps 8 tokens spare
-    assert ev.budget(1500, 3000, "solo") == 4096 - 1500 == ev.budget(1500, 3000, "word")  # the engine's window
-    assert ev.budget(5000, 3000, "step") == 0 == ev.budget(5000, 3000, "solo")
-
-def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
-    blank = tok.get_vocab()["ĊĊ"]
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    s.lm_head, j.lm_head = Boost(s.lm_head, [blank], 4.0), Boost(j.lm_head, [blank], 4.0)
-    se = tg.step_end_mask(tok)
-    budgets = [6, 40, 40, 13]
-    torch.manual_seed(0)
-    g = ev.generate(s, j, tok, prompts(tok, 4), budgets, "step", eval_args(max_turns=150), None, se, eos_of(tok))
-    assert check_step_turns(tok, g, 4) >= 4
-    for i, budget in enumerate(budgets):
-        n = int(g["mask"][i].sum())
-        toks, by_senior = g["tokens"][i].tolist(), g["senior"][i].tolist()
-        assert n <= budget
-        ended = toks[n - 1] in tg.eos_ids(tok)
-        assert bool(g["truncated"][i]) == (not ended)         # stopped at the budget without EOS: truncated
-        if not ended:
-            assert n == budget
-        assert all(t == tok.pad_token_id for t in toks[n:]) and not any(by_senior[n:])
-    # at most max_turns turns: a row ends at the blank line that closes its third turn, truncated
-    torch.manual_seed(0)
-    g = ev.generate(s, j, tok, prompts(tok, 4), [40] * 4, "step", eval_args(max_turns=3), None, se, eos_of(tok))
-    ended_by_turns = 0
-    for i in range(4):
-        n, toks = int(g["mask"][i].sum()), g["tokens"][i].tolist()
-        ends = blank_line_ends(tok, toks[:n])
-        assert len(ends) <= 3
-        if len(ends) == 3:
-            assert ends[-1] == n - 1 and g["truncated"][i]
-            ended_by_turns += 1
-    assert ended_by_turns > 0
-
-def test_handoff_with_p_senior_one_equals_solo(tok):
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "Add 1 and 3.", "answer": "4"}]
-    a = eval_args(p_senior=1.0)
-    ws = tg.word_start_mask(tok)
-    solo = ev.sample_responses(s, j, tok, probs, "solo", a, ws, None, eos_of(tok))
-    word = ev.sample_responses(s, j, tok, probs, "word", a, ws, None, eos_of(tok))
-    assert len(solo) == 2 and all(len(x) == 4 for x in solo)  # n samples per problem
-    for xs, ys in zip(solo, word):
-        for x, y in zip(xs, ys):
-            for key in ("text", "reward", "length", "truncated"):
-                assert x[key] == y[key]
-            assert y["senior_tokens"] == y["length"] and y["authors"] == "s" * y["length"]
-    assert len({x["text"] for xs in solo for x in xs}) > 1     # sampled, not one repeated string
-
-class Script(torch.nn.Module):
-    """An output layer that writes the given ids one after another, whatever the hidden state; then uniform logits."""
-    def __init__(self, ids, width):
-        super().__init__()
-        self.ids, self.width = iter(ids), width
-    def forward(self, h):
-        nxt = next(self.ids, None)
-        out = torch.full((h.shape[0], self.width), 0.0 if nxt is None else -1e4)
-        if nxt is not None:
-            out[:, nxt] = 0.0
-        return out
-
-def test_truncated_response_graded_or_zero(tok, monkeypatch):
-    """A scripted senior writes \\boxed{46} then EOS. When the budget cuts the EOS the response is truncated: graded as
-    it is by default (reward 1, the authors' rule), 0 with --truncated-reward zero."""
-    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
-    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "12 + 34?", "answer": "46"}]
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    for budget, rule, score in ((len(right) + 1, "zero", 1.0), (len(right), "grade", 1.0), (len(right), "zero", 0.0)):
-        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
-        a = eval_args(n=1, max_new_tokens=budget, truncated_reward=rule)
-        x = ev.sample_responses(s, None, tok, probs[:1], "solo", a, None, None, eos_of(tok))[0][0]
-        assert (x["text"], x["reward"], x["truncated"]) == ("\\boxed{46}", score, budget == len(right))
-    # handoff: each row's own budget 4096 - prompt - 8; shrink the window so that the longer prompt's EOS falls
-    # one token past its budget while the shorter prompt's fits (both rows run in one batch to the larger budget)
-    n_long = len(tg.prompt_ids(tok, probs[0]["problem"]))
-    assert len(tg.prompt_ids(tok, probs[1]["problem"])) < n_long
-    monkeypatch.setattr(ev, "CONTEXT", n_long + 8 + len(right))
-    s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
-    a = eval_args(n=1, max_new_tokens=100, truncated_reward="zero")
-    long, short = ev.sample_responses(s, j, tok, probs, "step", a, None, tg.step_end_mask(tok), eos_of(tok))
-    assert long[0]["text"] == short[0]["text"] == "\\boxed{46}"
-    assert (long[0]["reward"], long[0]["truncated"], long[0]["length"]) == (0.0, True, len(right))
-    assert (short[0]["reward"], short[0]["truncated"], short[0]["length"]) == (1.0, False, len(right) + 1)
-    assert long[0]["authors"] == "s" * len(right) and short[0]["authors"] == "s" * (len(right) + 1)  # one step
-
-# ------------------------------------------------------------------------------------------------------------------
-# the whole script
-
-def test_main_end_to_end(tmp_path, tok, capsys):
-    for seed in (0, 1):
-        tiny_model(tok, seed=seed).save_pretrained(tmp_path / f"m{seed}")
-        tok.save_pretrained(tmp_path / f"m{seed}")
-    for name, rows in (("a.jsonl", 3), ("b.jsonl", 2)):
-        (tmp_path / name).write_text("\n".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)})
-                                               for i in range(rows)))
-    argv = ["--senior", str(tmp_path / "m0"), "--senior", str(tmp_path / "m1"), "--junior", str(tmp_path / "m0"),
-            "--data", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--n", "2", "--max-new-tokens", "8",
-            "--batch", "4", "--device", "cpu", "--out", str(tmp_path / "r1.json")]
-    rep = ev.main(ev.get_args(argv))
-    out = capsys.readouterr().out
-    names = list(rep["seniors"])
-    assert len(names) == 2 and all(n in out for n in names) and "macro" in out and f"{names[1]} - {names[0]}" in out
-    saved = json.loads((tmp_path / "r1.json").read_text())
-    assert saved["settings"]["n"] == 2 and saved["files"] == ["a.jsonl", "b.jsonl"]
-    same, other = saved["seniors"][names[0]], saved["seniors"][names[1]]
-    assert same["macro"]["drift"] == 0.0                                       # the junior itself: no drift
-    assert same["macro"]["legibility"] == pytest.approx(same["macro"]["self_ce"], abs=1e-6)
-    assert other["macro"]["drift"] > 0
-    # self-paired, the step schedule draws every token from the same distribution with the same random numbers as solo
-    for f in ("a.jsonl", "b.jsonl"):
-        for p in same["files"][f]["problems"]:
-            assert [x["text"] for x in p["step"]["samples"]] == [x["text"] for x in p["solo"]["samples"]]
-    for f, n_problems in (("a.jsonl", 3), ("b.jsonl", 2)):
-        probs = same["files"][f]["problems"]
-        assert len(probs) == n_problems and all(len(p[s]["samples"]) == 2 for p in probs for s in ev.SCHEDULES)
-        assert all(isinstance(x["text"], str) for p in probs for x in p["step"]["samples"])
-    for key in ("solo pass@1", "step pass@2", "word pass@1"):
-        per_file = [same["files"][f]["metrics"][key][0] for f in ("a.jsonl", "b.jsonl")]
-        assert same["macro"][key][0] == pytest.approx(sum(per_file) / 2)
-    for p in same["files"]["a.jsonl"]["problems"] + other["files"]["b.jsonl"]["problems"]:  # who wrote each token
-        for sch in ev.SCHEDULES:
-            for x in p[sch]["samples"]:
-                assert len(x["authors"]) == x["length"] and x["authors"].count("s") == x["senior_tokens"]
-                assert sch != "solo" or x["authors"] == "s" * x["length"]
-    # repeatable: the same seed gives the same run
-    ev.main(ev.get_args(argv[:-1] + [str(tmp_path / "r2.json")]))
-    again = json.loads((tmp_path / "r2.json").read_text())
-    assert again["seniors"] == saved["seniors"] and again["paired"] == saved["paired"]
-
-def test_out_unwritable_fails_before_sampling(tmp_path, monkeypatch):
-    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
-    (tmp_path / "file").write_text("")
-    def never(*a, **k):
-        raise AssertionError("loaded data or a model before checking --out")
-    monkeypatch.setattr(ev, "load_problems", never)
-    monkeypatch.setattr(ev, "load_model", never)
-    for out, why in ((tmp_path, f"Is a directory: {tmp_path}"), (tmp_path / "file" / "r.json", "File exists")):
-        args = ev.get_args(["--senior", "x", "--junior", "y", "--data", str(tmp_path / "d.jsonl"), "--out", str(out)])
-        with pytest.raises(tg.UserError, match=f"--out {out}: cannot write it \\({why}"):
-            ev.main(args)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "file"]
-
-def test_unique_names(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for d in ("runs/a/step_000020", "other/a/step_000020", "runs/b/step_000020"):
-        (tmp_path / d).mkdir(parents=True)
-    paths = [str(tmp_path / "runs/a/step_000020"), "other/a/step_000020", "runs/b/step_000020", "Qwen/Qwen3-4B",
-             "Qwen/Qwen3-4B"]
-    assert ev.unique_names(paths, 2) == ["runs/a/step_000020", "other/a/step_000020", "b/step_000020",
-                                         "Qwen/Qwen3-4B", "Qwen/Qwen3-4B #2"]
-    files = ["eval/aime24/test.parquet", "eval/amc23_25/test.parquet", "x/aime.jsonl", "/data/gsm8k/test.jsonl"]
-    assert ev.unique_names(files, 1) == ["aime24/test.parquet", "amc23_25/test.parquet", "aime.jsonl", "test.jsonl"]
-
-@pytest.mark.parametrize("flags,message", [
-    (["--n", "0"], "--n must be >= 1"), (["--batch", "0"], "--batch must be >= 1"),
-    (["--max-turns", "0"], "--max-turns must be >= 1"), (["--temperature", "-0.1"], "--temperature must be >= 0"),
-    (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"), (["--top-p", "0"], "--top-p must be in (0, 1]"),
-    (["--data", "nope.jsonl"], "--data nope.jsonl: no such file"), (["--senior", "./nope"], "./nope: no such model"),
-    (["--junior", "runs/nope/step_000020"], "runs/nope/step_000020: no such model folder"),
-])
-def test_bad_flags_fail_before_loading(flags, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        ev.get_args(["--senior", "Qwen/x", "--data", str(tg.DEMO_DIR / "test.jsonl")] + flags)
-    assert e.value.code == 2 and message in capsys.readouterr().err
-
-def test_help_shows_every_flag_with_help_and_default(capsys):
-    with pytest.raises(SystemExit):
-        ev.get_args(["--help"])
-    out = capsys.readouterr().out
-    n_flags = out.split("options:")[1].count("\n  --")
-    assert n_flags == 20 and out.count("(default:") == n_flags                # every flag but -h: its text and default
-    assert "--max-turns MAX_TURNS" in out and "(default: 300)" in out and "What it computes, in order" in out
-
-def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
-    (tmp_path / "d.jsonl").write_text('{"problem": "a", "answer": "1"}\n{"problem": 3, "answer": "1"}\n')
-    monkeypatch.setattr(sys, "argv", ["eval.py", "--senior", "Qwen/x", "--junior", "Qwen/y", "--data",
-                                      str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "r.json")])
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(ev.__file__, run_name="__main__")
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err == f"error: {tmp_path / 'd.jsonl'}: line 2: field 'problem' must be a non-empty " \
-                                        f"string, got a number\n"
-
-def test_demo_arguments(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    repo = tmp_path / "repo"                                          # where eval.py lives, for this test
-    monkeypatch.setattr(ev, "__file__", str(repo / "eval.py"))
-    a = ev.get_args(["--demo"])
-    assert a.senior == [str(tg.DEMO_DIR / "model")] == [a.junior] and a.data == [str(tg.DEMO_DIR / "test.jsonl")]
-    (tmp_path / "runs" / "demo" / "step_000040").mkdir(parents=True)
-    (tmp_path / "runs" / "demo" / "latest").write_text("step_000040")  # written by python tandem_grpo.py --demo
-    assert ev.get_args(["--demo"]).senior == [a.junior, "runs/demo/step_000040"]
-    b = ev.get_args(["--demo", "--senior", "x", "--n", "2"])       # flags still win
-    assert b.senior == ["x"] and b.n == 2 and b.max_new_tokens == 96 and b.threads == 1
-    assert ev.get_args(["--senior", "x", "--data", a.data[0]]).threads == 0     # all cores outside the demo
-    # no runs/demo here: the one next to the script is found
-    (tmp_path / "runs" / "demo" / "latest").unlink()
-    (repo / "runs" / "demo" / "step_000040").mkdir(parents=True)
-    (repo / "runs" / "demo" / "latest").write_text("step_000040")
-    assert ev.get_args(["--demo"]).senior == [a.junior, str(repo / "runs" / "demo" / "step_000040")]
-
-def test_each_senior_prompts_with_its_own_tokenizer(tmp_path, tok, monkeypatch):
-    for name, template in (("j", CHATML), ("s", "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML)):
-        tiny_model(tok).save_pretrained(tmp_path / name)
-        t = tok.__class__.from_pretrained(tmp_path / "j") if name == "s" else tok
-        t.chat_template = template                                    # same vocabulary, another chat template
-        t.save_pretrained(tmp_path / name)
-    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
-    seen = {}
-    def fake_evaluate(senior, junior, t, problems, args, ws, se, eos, name=""):
-        seen[name.split("/")[-1].split()[0]] = t.decode(tg.prompt_ids(t, "Q"))
-        return fake_file([[1, 0]] * len(problems))
-    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
-    threads = []
-    monkeypatch.setattr(torch, "set_num_threads", threads.append)
-    ev.main(ev.get_args(["--senior", str(tmp_path / "j"), "--senior", str(tmp_path / "s"), "--junior",
-                         str(tmp_path / "j"), "--data", str(tmp_path / "d.jsonl"), "--n", "2", "--device", "cpu",
-                         "--threads", "3", "--out", str(tmp_path / "r.json")]))
-    assert seen["j"].startswith("<|im_start|>user\nQ ") and seen["s"].startswith("<|im_start|>system\nBe brief.")
-    assert threads == [3]                                              # --threads reaches torch
-
-def test_senior_with_another_tokenizer_is_refused(tmp_path, tok):
-    tiny_model(tok).save_pretrained(tmp_path / "j")
-    tok.save_pretrained(tmp_path / "j")
-    tiny_model(tok).save_pretrained(tmp_path / "s")
-    other = tok.__class__.from_pretrained(tmp_path / "j")
-    other.add_tokens(["<extra>"])                                  # one more id: the vocabularies differ
-    other.save_pretrained(tmp_path / "s")
-    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
-    with pytest.raises(tg.UserError, match="vocabulary differs from the junior's"):
-        ev.main(ev.get_args(["--senior", str(tmp_path / "s"), "--junior", str(tmp_path / "j"), "--data",
-                             str(tmp_path / "d.jsonl"), "--device", "cpu", "--out", str(tmp_path / "r.json")]))
-
-# ------------------------------------------------------------------------------------------------------------------
-# reward: the answer checker (a table of hand-written cases, injections, pathological inputs)
+# appendix: the answer checker behind reward() (hand-written cases, injections, pathological inputs)
 
 # (gold, completion, expected reward). Golds are written the way the datasets write them
 # (MATH: bare LaTeX, OlympiadBench: $...$, some sets: \boxed{}), completions the way models answer.
@@ -1931,3 +1553,395 @@ def test_no_exception_escapes():
     for bad in [None, 5, b"\\boxed{5}", object()]:
         assert tg.reward(bad, "5") == 0.0
         assert tg.reward(r"\boxed{5}", bad) == 0.0
+
+# ------------------------------------------------------------------------------------------------------------------
+# eval.py (after every section of tandem_grpo.py): pass@k, bootstrap intervals, CE and KL, handoff schedules
+
+def eos_of(tok):
+    return tg.eos_ids(tok)
+
+def eval_args(**kw):
+    a = ev.get_args(["--senior", "x", "--data", str(tg.DEMO_DIR / "test.jsonl"), "--device", "cpu"])
+    small = dict(n=4, max_new_tokens=24, batch=16, tf_batch=8, temperature=1.0, top_k=0, top_p=1.0)
+    for k, v in {**small, **kw}.items():
+        setattr(a, k, v)
+    return a
+
+class Boost(torch.nn.Module):
+    """An output layer that adds `by` to the logits of `ids` (to make a tiny random model write blank lines)."""
+    def __init__(self, head, ids, by):
+        super().__init__()
+        self.head, self.ids, self.by = head, ids, by
+    def forward(self, h):
+        out = self.head(h)
+        out[..., self.ids] += self.by
+        return out
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token logits are the same vector w at every position: h = 1, logits = w h."""
+    def __init__(self, w):
+        super().__init__()
+        self.head = torch.nn.Linear(1, len(w), bias=False)
+        self.head.weight.data = w[:, None].clone()
+    def get_decoder(self):
+        return lambda input_ids, **kw: SimpleNamespace(last_hidden_state=torch.ones(*input_ids.shape, 1))
+    def get_output_embeddings(self):
+        return self.head
+
+# ------------------------------------------------------------------------------------------------------------------
+# statistics
+
+def test_pass_at_k_hand_values():
+    assert ev.pass_at_k(8, 3, 1) == pytest.approx(0.375)                      # c / n
+    assert ev.pass_at_k(8, 3, 2) == pytest.approx(1 - 10 / 28)                # C(5,2) / C(8,2)
+    assert ev.pass_at_k(8, 3, 4) == pytest.approx(1 - math.comb(5, 4) / math.comb(8, 4))  # 1 - 5/70
+    assert ev.pass_at_k(8, 3, 8) == 1.0 and ev.pass_at_k(8, 5, 4) == 1.0      # k > n - c: a correct one is drawn
+    assert ev.pass_at_k(8, 0, 4) == 0.0 and ev.pass_at_k(8, 8, 1) == 1.0
+    assert ev.ks_for(8) == [1, 2, 4, 8] and ev.ks_for(6) == [1, 2, 4, 6] and ev.ks_for(1) == [1]
+
+def test_bootstrap_contains_estimate_and_narrows():
+    few = torch.tensor([1.0] * 6 + [0.0] * 14)                # 20 problems, mean 0.3
+    many = few.repeat(100)                                    # 2000 problems, same mean
+    lo1, hi1 = ev.bootstrap_ci([few])
+    lo2, hi2 = ev.bootstrap_ci([many])
+    assert lo1 < 0.3 < hi1 and lo2 < 0.3 < hi2
+    # the normal approximation: width = 2 * 1.96 * sqrt(0.3 * 0.7 / n)
+    assert hi1 - lo1 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 20), rel=0.15)
+    assert hi2 - lo2 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 2000), rel=0.1)
+    # macro over two files: the interval of (mean_1 + mean_2) / 2; a file without variance adds none
+    lo3, hi3 = ev.bootstrap_ci([many, torch.ones(50)])
+    assert (lo3, hi3) == pytest.approx(((lo2 + 1) / 2, (hi2 + 1) / 2), abs=0.01)
+    assert ev.bootstrap_ci([torch.full((30,), 0.25)]) == pytest.approx((0.25, 0.25))
+
+def fake_file(rewards_by_problem, legibility=None):
+    """An evaluate() result whose three schedules share the given rewards; solo samples carry the given legibility."""
+    res = {}
+    for sch in ev.SCHEDULES:
+        res[sch] = [[dict(reward=r, length=10, senior_tokens=5, truncated=False) for r in rs]
+                    for rs in rewards_by_problem]
+    for i, x in enumerate(x for s in res["solo"] for x in s):
+        x.update(legibility=legibility[i] if legibility else 1.0, self_ce=0.5, drift=0.1)
+    return res
+
+def test_metrics_macro_and_paired_by_problem():
+    a = eval_args(n=2)
+    f1 = fake_file([[1, 0], [0, 0]], legibility=[1, 3, 1, 3])   # pass@1 per problem 0.5, 0 -> 0.25
+    f2 = fake_file([[1, 1], [1, 1], [1, 1], [1, 1]], legibility=[4] * 8)
+    m = ev.metrics([f1, f2], a)
+    assert m["solo pass@1"][0] == pytest.approx((0.25 + 1) / 2)  # macro: files weigh equally, not problems
+    assert m["solo pass@2"][0] == pytest.approx((0.5 + 1) / 2)   # problem 1 of f1: 1 - C(1,2)/C(2,2) = 1
+    assert m["legibility"] == pytest.approx((2 + 4) / 2)         # per response, per file, then macro
+    assert m["step/solo pass@2"] == pytest.approx(1.0) and m["word share"] == pytest.approx(0.5)
+    # paired by problem: b is a plus 1/2 on every problem -> the difference is exactly 1/2, with a zero-width interval
+    b = fake_file([[1, 1], [1, 0]])
+    d = ev.paired([b], [f1], a)
+    assert d["solo pass@1"] == pytest.approx([0.5, 0.5, 0.5])
+    lo, hi = ev.metrics([f1], a)["solo pass@1"][1:]
+    assert hi - lo > 0.4  # unpaired, each senior's own interval is wide
+
+# ------------------------------------------------------------------------------------------------------------------
+# legibility and drift
+
+def test_cross_entropy_and_kl_hand_values(tok):
+    V, a, b = len(tok), 7, 9
+    wide = torch.full((V + 24,), 50.0)        # ids past the tokenizer get huge logits: they must be cut
+    w_s, w_j = wide.clone(), wide.clone()
+    w_s[:V], w_j[:V] = 0.0, 0.0
+    w_s[a] = math.log(3)                       # senior p: 3/(V+2) on a, 1/(V+2) elsewhere; junior q: uniform 1/V
+    s, j = FixedLogits(w_s), FixedLogits(w_j)
+    s.parameters = j.parameters = lambda: iter([torch.zeros(1)])
+    pairs = [([1, 2, 3], [a, b, b]), ([4, 5], [b])]
+    out = ev.teacher_forced(s, j, pairs, V, tok.pad_token_id, batch=2)
+    kl = 3 / (V + 2) * math.log(3 * V / (V + 2)) + (V - 1) / (V + 2) * math.log(V / (V + 2))
+    ce_s = [(math.log((V + 2) / 3) + 2 * math.log(V + 2)) / 3, math.log(V + 2)]   # averaged per response
+    for (leg, self_ce, drift), ce in zip(out, ce_s):
+        assert leg == pytest.approx(math.log(V), rel=1e-5)
+        assert self_ce == pytest.approx(ce, rel=1e-5)
+        assert drift == pytest.approx(kl, rel=1e-4)
+
+def test_teacher_forced_matches_unpadded_forward(tok):
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    torch.manual_seed(0)
+    g = tg.tandem_generate(s, None, prompts(tok, 3), eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id,
+                           n_vocab=len(tok), schedule="solo", max_new_tokens=12, temperature=1.0)
+    pairs = [(p, g["tokens"][i][g["mask"][i]].tolist()) for i, p in enumerate(prompts(tok, 3))]
+    out = ev.teacher_forced(s, j, pairs, len(tok), tok.pad_token_id, batch=3)
+    for (p, r), (leg, self_ce, drift) in zip(pairs, out):  # reference: each row alone, full forward, then cut
+        seq = torch.tensor([p + r])
+        logp = s(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
+        logq = j(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
+        y = torch.tensor(r)[:, None]
+        assert leg == pytest.approx(-logq.gather(1, y).mean().item(), rel=1e-5)
+        assert self_ce == pytest.approx(-logp.gather(1, y).mean().item(), rel=1e-5)
+        ref = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).mean().item()
+        assert drift == pytest.approx(ref, rel=1e-4) and drift > 0
+
+def test_chain_of_thought_drops_eos_and_leaves_long_chains_out():
+    assert ev.chain_of_thought(10, [5, 6, 7], truncated=False) == [5, 6]    # the end-of-turn token is not read
+    assert ev.chain_of_thought(10, [5, 6, 7], truncated=True) == [5, 6, 7]  # cut: there is no end-of-turn token
+    assert ev.chain_of_thought(10, [7], truncated=False) is None            # nothing left to read
+    assert ev.chain_of_thought(88, list(range(4000)), truncated=True) is None       # prompt + chain 4,088: left out
+    assert len(ev.chain_of_thought(88, list(range(4000)), truncated=False)) == 3999  # 4,087 after the EOS: kept
+
+def test_legibility_is_the_junior_ce_without_eos(tok, monkeypatch):
+    """A scripted senior writes `right` then EOS; legibility must be the junior's mean CE over `right` alone."""
+    right = tok("The answer is \\boxed{46}.", add_special_tokens=False).input_ids
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    p = tg.prompt_ids(tok, probs[0]["problem"])
+    logq = j(torch.tensor([p + right + [tok.eos_token_id]])).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
+    ce = -logq.gather(1, torch.tensor(right + [tok.eos_token_id])[:, None])[:, 0]   # [len(right) + 1]
+    ws, se, a = tg.word_start_mask(tok), tg.step_end_mask(tok), eval_args(n=1, max_new_tokens=len(right) + 1)
+    for limit, kept in ((len(p) + len(right) + 1, True), (len(p) + len(right), False)):  # prompt + chain >= limit: out
+        monkeypatch.setattr(ev, "LEGIBILITY_MAX", limit)
+        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+        res = ev.evaluate(s, j, tok, probs, a, ws, se, eos_of(tok))
+        x, m = res["solo"][0][0], ev.metrics([res], a)
+        assert x["length"] == len(right) + 1 and not x["truncated"]
+        if kept:
+            assert x["legibility"] == pytest.approx(ce[:-1].mean().item(), rel=1e-5)
+            assert x["legibility"] != pytest.approx(ce.mean().item(), rel=1e-3)   # with the EOS it would differ
+            assert x["self_ce"] == pytest.approx(math.log(len(tok)), rel=1e-5)     # the script is uniform after
+            assert m["legibility"] == x["legibility"] and m["left out"] == 0
+        else:
+            assert x["legibility"] is x["drift"] is x["self_ce"] is None
+            assert m["legibility"] is None and m["left out"] == 1
+
+# ------------------------------------------------------------------------------------------------------------------
+# schedules and budgets
+
+def test_budget():
+    assert ev.budget(100, 3000, "step") == 3000 == ev.budget(100, 3000, "solo")
+    assert ev.budget(1500, 3000, "step") == 4096 - 1500 - 8    # the authors' handoff loop keeps 8 tokens spare
+    assert ev.budget(1500, 3000, "solo") == 4096 - 1500 == ev.budget(1500, 3000, "word")  # the engine's window
+    assert ev.budget(5000, 3000, "step") == 0 == ev.budget(5000, 3000, "solo")
+
+def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
+    blank = tok.get_vocab()["ĊĊ"]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = Boost(s.lm_head, [blank], 4.0), Boost(j.lm_head, [blank], 4.0)
+    se = tg.step_end_mask(tok)
+    budgets = [6, 40, 40, 13]
+    torch.manual_seed(0)
+    g = ev.generate(s, j, tok, prompts(tok, 4), budgets, "step", eval_args(max_turns=150), None, se, eos_of(tok))
+    assert check_step_turns(tok, g, 4) >= 4
+    for i, budget in enumerate(budgets):
+        n = int(g["mask"][i].sum())
+        toks, by_senior = g["tokens"][i].tolist(), g["senior"][i].tolist()
+        assert n <= budget
+        ended = toks[n - 1] in tg.eos_ids(tok)
+        assert bool(g["truncated"][i]) == (not ended)         # stopped at the budget without EOS: truncated
+        if not ended:
+            assert n == budget
+        assert all(t == tok.pad_token_id for t in toks[n:]) and not any(by_senior[n:])
+    # at most max_turns turns: a row ends at the blank line that closes its third turn, truncated
+    torch.manual_seed(0)
+    g = ev.generate(s, j, tok, prompts(tok, 4), [40] * 4, "step", eval_args(max_turns=3), None, se, eos_of(tok))
+    ended_by_turns = 0
+    for i in range(4):
+        n, toks = int(g["mask"][i].sum()), g["tokens"][i].tolist()
+        ends = blank_line_ends(tok, toks[:n])
+        assert len(ends) <= 3
+        if len(ends) == 3:
+            assert ends[-1] == n - 1 and g["truncated"][i]
+            ended_by_turns += 1
+    assert ended_by_turns > 0
+
+def test_handoff_with_p_senior_one_equals_solo(tok):
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "Add 1 and 3.", "answer": "4"}]
+    a = eval_args(p_senior=1.0)
+    ws = tg.word_start_mask(tok)
+    solo = ev.sample_responses(s, j, tok, probs, "solo", a, ws, None, eos_of(tok))
+    word = ev.sample_responses(s, j, tok, probs, "word", a, ws, None, eos_of(tok))
+    assert len(solo) == 2 and all(len(x) == 4 for x in solo)  # n samples per problem
+    for xs, ys in zip(solo, word):
+        for x, y in zip(xs, ys):
+            for key in ("text", "reward", "length", "truncated"):
+                assert x[key] == y[key]
+            assert y["senior_tokens"] == y["length"] and y["authors"] == "s" * y["length"]
+    assert len({x["text"] for xs in solo for x in xs}) > 1     # sampled, not one repeated string
+
+class Script(torch.nn.Module):
+    """An output layer that writes the given ids one after another, whatever the hidden state; then uniform logits."""
+    def __init__(self, ids, width):
+        super().__init__()
+        self.ids, self.width = iter(ids), width
+    def forward(self, h):
+        nxt = next(self.ids, None)
+        out = torch.full((h.shape[0], self.width), 0.0 if nxt is None else -1e4)
+        if nxt is not None:
+            out[:, nxt] = 0.0
+        return out
+
+def test_truncated_response_graded_or_zero(tok, monkeypatch):
+    """A scripted senior writes \\boxed{46} then EOS. When the budget cuts the EOS the response is truncated: graded as
+    it is by default (reward 1, the authors' rule), 0 with --truncated-reward zero."""
+    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "12 + 34?", "answer": "46"}]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    for budget, rule, score in ((len(right) + 1, "zero", 1.0), (len(right), "grade", 1.0), (len(right), "zero", 0.0)):
+        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+        a = eval_args(n=1, max_new_tokens=budget, truncated_reward=rule)
+        x = ev.sample_responses(s, None, tok, probs[:1], "solo", a, None, None, eos_of(tok))[0][0]
+        assert (x["text"], x["reward"], x["truncated"]) == ("\\boxed{46}", score, budget == len(right))
+    # handoff: each row's own budget 4096 - prompt - 8; shrink the window so that the longer prompt's EOS falls
+    # one token past its budget while the shorter prompt's fits (both rows run in one batch to the larger budget)
+    n_long = len(tg.prompt_ids(tok, probs[0]["problem"]))
+    assert len(tg.prompt_ids(tok, probs[1]["problem"])) < n_long
+    monkeypatch.setattr(ev, "CONTEXT", n_long + 8 + len(right))
+    s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+    a = eval_args(n=1, max_new_tokens=100, truncated_reward="zero")
+    long, short = ev.sample_responses(s, j, tok, probs, "step", a, None, tg.step_end_mask(tok), eos_of(tok))
+    assert long[0]["text"] == short[0]["text"] == "\\boxed{46}"
+    assert (long[0]["reward"], long[0]["truncated"], long[0]["length"]) == (0.0, True, len(right))
+    assert (short[0]["reward"], short[0]["truncated"], short[0]["length"]) == (1.0, False, len(right) + 1)
+    assert long[0]["authors"] == "s" * len(right) and short[0]["authors"] == "s" * (len(right) + 1)  # one step
+
+# ------------------------------------------------------------------------------------------------------------------
+# the whole script
+
+def test_main_end_to_end(tmp_path, tok, capsys):
+    for seed in (0, 1):
+        tiny_model(tok, seed=seed).save_pretrained(tmp_path / f"m{seed}")
+        tok.save_pretrained(tmp_path / f"m{seed}")
+    for name, rows in (("a.jsonl", 3), ("b.jsonl", 2)):
+        (tmp_path / name).write_text("\n".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)})
+                                               for i in range(rows)))
+    argv = ["--senior", str(tmp_path / "m0"), "--senior", str(tmp_path / "m1"), "--junior", str(tmp_path / "m0"),
+            "--data", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--n", "2", "--max-new-tokens", "8",
+            "--batch", "4", "--device", "cpu", "--out", str(tmp_path / "r1.json")]
+    rep = ev.main(ev.get_args(argv))
+    out = capsys.readouterr().out
+    names = list(rep["seniors"])
+    assert len(names) == 2 and all(n in out for n in names) and "macro" in out and f"{names[1]} - {names[0]}" in out
+    saved = json.loads((tmp_path / "r1.json").read_text())
+    assert saved["settings"]["n"] == 2 and saved["files"] == ["a.jsonl", "b.jsonl"]
+    same, other = saved["seniors"][names[0]], saved["seniors"][names[1]]
+    assert same["macro"]["drift"] == 0.0                                       # the junior itself: no drift
+    assert same["macro"]["legibility"] == pytest.approx(same["macro"]["self_ce"], abs=1e-6)
+    assert other["macro"]["drift"] > 0
+    # self-paired, the step schedule draws every token from the same distribution with the same random numbers as solo
+    for f in ("a.jsonl", "b.jsonl"):
+        for p in same["files"][f]["problems"]:
+            assert [x["text"] for x in p["step"]["samples"]] == [x["text"] for x in p["solo"]["samples"]]
+    for f, n_problems in (("a.jsonl", 3), ("b.jsonl", 2)):
+        probs = same["files"][f]["problems"]
+        assert len(probs) == n_problems and all(len(p[s]["samples"]) == 2 for p in probs for s in ev.SCHEDULES)
+        assert all(isinstance(x["text"], str) for p in probs for x in p["step"]["samples"])
+    for key in ("solo pass@1", "step pass@2", "word pass@1"):
+        per_file = [same["files"][f]["metrics"][key][0] for f in ("a.jsonl", "b.jsonl")]
+        assert same["macro"][key][0] == pytest.approx(sum(per_file) / 2)
+    for p in same["files"]["a.jsonl"]["problems"] + other["files"]["b.jsonl"]["problems"]:  # who wrote each token
+        for sch in ev.SCHEDULES:
+            for x in p[sch]["samples"]:
+                assert len(x["authors"]) == x["length"] and x["authors"].count("s") == x["senior_tokens"]
+                assert sch != "solo" or x["authors"] == "s" * x["length"]
+    # repeatable: the same seed gives the same run
+    ev.main(ev.get_args(argv[:-1] + [str(tmp_path / "r2.json")]))
+    again = json.loads((tmp_path / "r2.json").read_text())
+    assert again["seniors"] == saved["seniors"] and again["paired"] == saved["paired"]
+
+def test_out_unwritable_fails_before_sampling(tmp_path, monkeypatch):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
+    (tmp_path / "file").write_text("")
+    def never(*a, **k):
+        raise AssertionError("loaded data or a model before checking --out")
+    monkeypatch.setattr(ev, "load_problems", never)
+    monkeypatch.setattr(ev, "load_model", never)
+    for out, why in ((tmp_path, f"Is a directory: {tmp_path}"), (tmp_path / "file" / "r.json", "File exists")):
+        args = ev.get_args(["--senior", "x", "--junior", "y", "--data", str(tmp_path / "d.jsonl"), "--out", str(out)])
+        with pytest.raises(tg.UserError, match=f"--out {out}: cannot write it \\({why}"):
+            ev.main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "file"]
+
+def test_unique_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for d in ("runs/a/step_000020", "other/a/step_000020", "runs/b/step_000020"):
+        (tmp_path / d).mkdir(parents=True)
+    paths = [str(tmp_path / "runs/a/step_000020"), "other/a/step_000020", "runs/b/step_000020", "Qwen/Qwen3-4B",
+             "Qwen/Qwen3-4B"]
+    assert ev.unique_names(paths, 2) == ["runs/a/step_000020", "other/a/step_000020", "b/step_000020",
+                                         "Qwen/Qwen3-4B", "Qwen/Qwen3-4B #2"]
+    files = ["eval/aime24/test.parquet", "eval/amc23_25/test.parquet", "x/aime.jsonl", "/data/gsm8k/test.jsonl"]
+    assert ev.unique_names(files, 1) == ["aime24/test.parquet", "amc23_25/test.parquet", "aime.jsonl", "test.jsonl"]
+
+@pytest.mark.parametrize("flags,message", [
+    (["--n", "0"], "--n must be >= 1"), (["--batch", "0"], "--batch must be >= 1"),
+    (["--max-turns", "0"], "--max-turns must be >= 1"), (["--temperature", "-0.1"], "--temperature must be >= 0"),
+    (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"), (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--data", "nope.jsonl"], "--data nope.jsonl: no such file"), (["--senior", "./nope"], "./nope: no such model"),
+    (["--junior", "runs/nope/step_000020"], "runs/nope/step_000020: no such model folder"),
+])
+def test_bad_flags_fail_before_loading(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        ev.get_args(["--senior", "Qwen/x", "--data", str(tg.DEMO_DIR / "test.jsonl")] + flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+def test_help_shows_every_flag_with_help_and_default(capsys):
+    with pytest.raises(SystemExit):
+        ev.get_args(["--help"])
+    out = capsys.readouterr().out
+    n_flags = out.split("options:")[1].count("\n  --")
+    assert n_flags == 20 and out.count("(default:") == n_flags                # every flag but -h: its text and default
+    assert "--max-turns MAX_TURNS" in out and "(default: 300)" in out and "What it computes, in order" in out
+
+def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "d.jsonl").write_text('{"problem": "a", "answer": "1"}\n{"problem": 3, "answer": "1"}\n')
+    monkeypatch.setattr(sys, "argv", ["eval.py", "--senior", "Qwen/x", "--junior", "Qwen/y", "--data",
+                                      str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(ev.__file__, run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"error: {tmp_path / 'd.jsonl'}: line 2: field 'problem' must be a non-empty " \
+                                        f"string, got a number\n"
+
+def test_demo_arguments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    repo = tmp_path / "repo"                                          # where eval.py lives, for this test
+    monkeypatch.setattr(ev, "__file__", str(repo / "eval.py"))
+    a = ev.get_args(["--demo"])
+    assert a.senior == [str(tg.DEMO_DIR / "model")] == [a.junior] and a.data == [str(tg.DEMO_DIR / "test.jsonl")]
+    (tmp_path / "runs" / "demo" / "step_000040").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "latest").write_text("step_000040")  # written by python tandem_grpo.py --demo
+    assert ev.get_args(["--demo"]).senior == [a.junior, "runs/demo/step_000040"]
+    b = ev.get_args(["--demo", "--senior", "x", "--n", "2"])       # flags still win
+    assert b.senior == ["x"] and b.n == 2 and b.max_new_tokens == 96 and b.threads == 1
+    assert ev.get_args(["--senior", "x", "--data", a.data[0]]).threads == 0     # all cores outside the demo
+    # no runs/demo here: the one next to the script is found
+    (tmp_path / "runs" / "demo" / "latest").unlink()
+    (repo / "runs" / "demo" / "step_000040").mkdir(parents=True)
+    (repo / "runs" / "demo" / "latest").write_text("step_000040")
+    assert ev.get_args(["--demo"]).senior == [a.junior, str(repo / "runs" / "demo" / "step_000040")]
+
+def test_each_senior_prompts_with_its_own_tokenizer(tmp_path, tok, monkeypatch):
+    for name, template in (("j", CHATML), ("s", "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML)):
+        tiny_model(tok).save_pretrained(tmp_path / name)
+        t = tok.__class__.from_pretrained(tmp_path / "j") if name == "s" else tok
+        t.chat_template = template                                    # same vocabulary, another chat template
+        t.save_pretrained(tmp_path / name)
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
+    seen = {}
+    def fake_evaluate(senior, junior, t, problems, args, ws, se, eos, name=""):
+        seen[name.split("/")[-1].split()[0]] = t.decode(tg.prompt_ids(t, "Q"))
+        return fake_file([[1, 0]] * len(problems))
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    ev.main(ev.get_args(["--senior", str(tmp_path / "j"), "--senior", str(tmp_path / "s"), "--junior",
+                         str(tmp_path / "j"), "--data", str(tmp_path / "d.jsonl"), "--n", "2", "--device", "cpu",
+                         "--threads", "3", "--out", str(tmp_path / "r.json")]))
+    assert seen["j"].startswith("<|im_start|>user\nQ ") and seen["s"].startswith("<|im_start|>system\nBe brief.")
+    assert threads == [3]                                              # --threads reaches torch
+
+def test_senior_with_another_tokenizer_is_refused(tmp_path, tok):
+    tiny_model(tok).save_pretrained(tmp_path / "j")
+    tok.save_pretrained(tmp_path / "j")
+    tiny_model(tok).save_pretrained(tmp_path / "s")
+    other = tok.__class__.from_pretrained(tmp_path / "j")
+    other.add_tokens(["<extra>"])                                  # one more id: the vocabularies differ
+    other.save_pretrained(tmp_path / "s")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
+    with pytest.raises(tg.UserError, match="vocabulary differs from the junior's"):
+        ev.main(ev.get_args(["--senior", str(tmp_path / "s"), "--junior", str(tmp_path / "j"), "--data",
+                             str(tmp_path / "d.jsonl"), "--device", "cpu", "--out", str(tmp_path / "r.json")]))
