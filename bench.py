@@ -148,7 +148,8 @@ def cpu_bench(a):
           f"{n} new tokens, vocab {V}, median of {a.repeats}")
     for name, t in rows:
         print(f"  {name:58s} {t:8.3f} s  {a.batch * n / t:8.0f} tok/s")
-    print(f"bench: solo_decode/hf_generate {t_solo / t_hf:.2f}      # sampled; greedy: {t_solo_greedy / t_hf_greedy:.2f}")
+    print(f"bench: solo_decode/hf_generate {t_solo / t_hf:.2f}      "
+          f"# sampled; greedy: {t_solo_greedy / t_hf_greedy:.2f}")
     print(f"bench: tandem_decode/solo_decode {t_tandem / t_solo:.2f}")
     print(f"bench: mixed_lengths/full_lengths {t_mixed / t_tandem:.2f}")
     print(f"bench: trl_step/grpo_step {t_trl / t_grpo:.2f}")

@@ -135,42 +135,46 @@ def budget(n_prompt, max_new_tokens, schedule):
     """A row's response budget: min(max_new_tokens, 4096 - prompt), and 8 tokens fewer in the authors' handoff loop."""
     return max(0, min(max_new_tokens, CONTEXT - n_prompt - 8 * (schedule == "step")))
 
-def generate(senior, junior, tok, prompts, budgets, schedule, args, ws, se, eos):
+def generate(senior, junior, tok, prompts, budgets, schedule, args, word_start, step_end, eos):
     """tandem_generate with one token budget per row: rows run to the largest budget, then each is cut to its own
     (the tokens before the cut are distributed exactly as in a run that stopped there). A row cut at its budget, or
     stopped without EOS (after max_turns), is truncated. -> tandem_generate's dict, tokens [B, T] etc."""
-    kw = dict(solo=dict(), step=dict(step_end=se, max_turns=args.max_turns),
-              word=dict(word_start=ws, p_senior=args.p_senior, max_gap=args.max_gap))[schedule]
+    kw = dict(solo=dict(), step=dict(step_end=step_end, max_turns=args.max_turns),
+              word=dict(word_start=word_start, p_senior=args.p_senior, max_gap=args.max_gap))[schedule]
     with autocast(next(senior.parameters()).device):
-        g = tandem_generate(senior, None if schedule == "solo" else junior, prompts, eos_ids=eos,
-                            pad_id=tok.pad_token_id, n_vocab=len(tok), schedule=schedule,
-                            max_new_tokens=max(1, max(budgets)), temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, **kw)
-    budget = torch.tensor(budgets, device=g["mask"].device)[:, None]           # [B, 1]
-    keep = torch.arange(g["mask"].shape[1], device=budget.device)[None] < budget  # [B, T]
-    g["truncated"] = g["truncated"] | (g["mask"] & ~keep).any(1)
-    g["mask"], g["senior"] = g["mask"] & keep, g["senior"] & keep
-    g["tokens"] = g["tokens"].masked_fill(~keep, tok.pad_token_id)
-    return g
+        gen = tandem_generate(senior, None if schedule == "solo" else junior, prompts, eos_ids=eos,
+                              pad_id=tok.pad_token_id, n_vocab=len(tok), schedule=schedule,
+                              max_new_tokens=max(1, max(budgets)), temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, **kw)
+    budget = torch.tensor(budgets, device=gen["mask"].device)[:, None]           # [B, 1]
+    keep = torch.arange(gen["mask"].shape[1], device=budget.device)[None] < budget  # [B, T]
+    gen["truncated"] = gen["truncated"] | (gen["mask"] & ~keep).any(1)
+    gen["mask"], gen["senior"] = gen["mask"] & keep, gen["senior"] & keep
+    gen["tokens"] = gen["tokens"].masked_fill(~keep, tok.pad_token_id)
+    return gen
 
-def sample_responses(senior, junior, tok, problems, schedule, args, ws, se, eos, desc=""):
+def sample_responses(senior, junior, tok, problems, schedule, args, word_start, step_end, eos, desc=""):
     """args.n responses per problem (each prompt repeated n times in the batch), prompts from the senior's tokenizer
     `tok` -> one list of n samples per problem: text, reward, truncated, length, senior_tokens and authors (one
     character per response token: s = senior, j = junior); solo samples also keep prompt and response ids."""
     torch.manual_seed(args.seed)  # the same stream for every senior: paired comparisons get common random numbers
-    jobs = [(i, ids) for i, p in enumerate(problems) for ids in [prompt_ids(tok, p["problem"])] for _ in range(args.n)]
+    jobs = []
+    for i, p in enumerate(problems):
+        ids = prompt_ids(tok, p["problem"])  # templated once, repeated n times
+        jobs += [(i, ids)] * args.n
     out = [[] for _ in problems]
     for s in tqdm(range(0, len(jobs), args.batch), desc=desc, leave=False):
         chunk = jobs[s:s + args.batch]
         budgets = [budget(len(p), args.max_new_tokens, schedule) for _, p in chunk]
-        g = generate(senior, junior, tok, [p for _, p in chunk], budgets, schedule, args, ws, se, eos)
+        gen = generate(senior, junior, tok, [p for _, p in chunk], budgets, schedule, args, word_start, step_end,
+                       eos)
         for j, (i, p) in enumerate(chunk):
-            resp = g["tokens"][j][g["mask"][j]].tolist()
-            text, truncated = tok.decode(resp, skip_special_tokens=True), bool(g["truncated"][j])
+            resp = gen["tokens"][j][gen["mask"][j]].tolist()
+            text, truncated = tok.decode(resp, skip_special_tokens=True), bool(gen["truncated"][j])
             graded = not (truncated and args.truncated_reward == "zero")
             out[i].append(dict(text=text, reward=reward(text, problems[i]["answer"]) if graded else 0.0,
-                               truncated=truncated, length=len(resp), senior_tokens=int(g["senior"][j].sum()),
-                               authors="".join("sj"[not a] for a in g["senior"][j][g["mask"][j]].tolist())))
+                               truncated=truncated, length=len(resp), senior_tokens=int(gen["senior"][j].sum()),
+                               authors="".join("sj"[not a] for a in gen["senior"][j][gen["mask"][j]].tolist())))
             if schedule == "solo":
                 out[i][-1].update(prompt_ids=p, response_ids=resp)
     return out
@@ -215,10 +219,11 @@ def chain_of_thought(n_prompt, response_ids, truncated):
 # ------------------------------------------------------------------------------------------------------------------
 # One senior on one file, then the metrics of any set of files (one file, or the macro average)
 
-def evaluate(senior, junior, tok, problems, args, ws, se, eos, name=""):
+def evaluate(senior, junior, tok, problems, args, word_start, step_end, eos, name=""):
     """-> {schedule: per-problem lists of n samples}; solo samples also carry legibility, self_ce and drift (None for
     a chain left out)."""
-    res = {s: sample_responses(senior, junior, tok, problems, s, args, ws, se, eos, f"{name} {s}") for s in SCHEDULES}
+    res = {s: sample_responses(senior, junior, tok, problems, s, args, word_start, step_end, eos, f"{name} {s}")
+           for s in SCHEDULES}
     solo = [x for per_problem in res["solo"] for x in per_problem]
     chains = []  # (prompt ids, chain ids or None when left out), one per solo sample
     for x in solo:
@@ -367,7 +372,7 @@ def main(args):
         toks[path] = load_tokenizer(path)
         if toks[path].get_vocab() != jtok.get_vocab():
             raise UserError(f"{path}: its tokenizer's vocabulary differs from the junior's ({args.junior})")
-    ws, se = word_start_mask(jtok), step_end_mask(jtok)
+    word_start, step_end = word_start_mask(jtok), step_end_mask(jtok)
     junior = load_model(args.junior, dev, torch.float32, trainable=False)
     report = dict(settings=dict(vars(args), context=CONTEXT, legibility_max=LEGIBILITY_MAX, n_boot=N_BOOT,
                                 ks=ks_for(args.n)), files=list(data), seniors={}, paired={})
@@ -375,7 +380,7 @@ def main(args):
     for path, name in zip(args.senior, unique_names(args.senior, 2)):
         senior = junior if path == args.junior else load_model(path, dev, torch.float32, trainable=False)
         tok, eos = toks[path], eos_ids(toks[path], senior) | eos_ids(jtok, junior)
-        res = results[name] = [evaluate(senior, junior, tok, p, args, ws, se, eos, f"{name} {f}")
+        res = results[name] = [evaluate(senior, junior, tok, p, args, word_start, step_end, eos, f"{name} {f}")
                                for f, p in data.items()]
         del senior
         report["seniors"][name] = dict(path=path, macro=metrics(res, args), files={f: dict(
