@@ -6,7 +6,7 @@ What it computes, in order, for every senior on every file (--n samples a proble
   2. step   handoff: the senior writes the first reasoning step, then the two strictly alternate at every blank line,
             at most --max-turns turns (the authors' 150 rounds of two), budget min(max_new_tokens, 4096 - prompt - 8)
                                                                                 -> step pass@k, step/solo at pass@4
-  3. word   handoff under the training coin (p_senior, a redraw at word starts or after max_gap)  -> word pass@k
+  3. word   handoff under the training coin (p_senior, redrawn after a word-start token or max_gap) -> word pass@k
   4. both models teacher-forced over the senior's solo chains (end-of-turn token excluded; prompt + chain of 4,088
      tokens or more left out, counted): legibility (junior's cross-entropy), self-CE (senior's), drift (KL(p || q))
   5. pass@k unbiased per problem, k = 1, 2, 4, .., n; means per file, then macro over files; 95% bootstrap intervals;
