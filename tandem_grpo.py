@@ -22,8 +22,10 @@ What it simplifies, and why:
   - One device a process. The senior keeps float32 master weights (bf16 cannot absorb updates of 1e-6) and runs its
     matmuls in bf16 on CUDA; the junior is bf16. torchrun + FSDP2 for more GPUs (an appendix). No sequence packing.
   - The token-mean divides by the senior's tokens of the mini-batch (the authors' newer verl divides by all
-    response tokens, junior ones included: a constant scale per mini-batch that AdamW mostly absorbs).
-  - GPU memory bookkeeping and the answer checker behind reward() are long: they sit in appendices at the end.
+    response tokens, junior ones included: a scale of about 0.5 per mini-batch that AdamW mostly absorbs).
+  - Validation is one solo sample per held-out problem every --val-every steps; eval.py measures the rest.
+  - Detail that is not the method sits in appendices at the end, in this order: GPU memory, the static-shape decode
+    (--compile), more than one GPU (torchrun, FSDP2), data files, checkpoints and plumbing, the answer checker.
 All numbers follow the paper and the authors' code (verl's GRPO); README.md lists them with the measured figures.
 """
 import argparse, itertools, json, math, os, random, re, shlex, shutil, sys, time
