@@ -3,9 +3,11 @@ bench.py: measured speed (and, on a GPU, memory) of tandem_grpo.py. Prints figur
 
     python bench.py            # CPU: tiny Qwen3 with Qwen3's real 151,936-entry vocabulary, batch 16,
                                # 128-token prompts, 256 new tokens; median of --repeats runs; ends with 4 ratios
+    python bench.py --decode   # CPU: only decode ms/step, eager (tandem_generate) vs static (static_generate)
     python bench.py --reward   # the answer checker: median and max ms per call over the test table and a stress set
     python bench.py --paper    # GPU: a Qwen3-4B-shaped model with random weights (configs/qwen3-4b), one slice of
-                               # the paper's step: peak memory per phase, tandem vs solo tokens/s, step breakdown
+                               # the paper's step: peak memory per phase, tandem vs solo tokens/s, step breakdown,
+                               # decode ms/step eager vs compiled (--compile), the estimated paper step for both
 """
 import argparse, copy, json, statistics, sys, time
 
@@ -35,10 +37,11 @@ def fake_vocab(n_vocab, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n_vocab, generator=g) < 53021 / 151669, {n_vocab - 1}
 
-def gen(senior, junior, prompts, n_vocab, ws, eos, **kw):
+def gen(senior, junior, prompts, n_vocab, ws, eos, static=False, **kw):
+    """tandem_generate, or with static=True static_generate (--compile: captured as CUDA graphs on a GPU)."""
     kw = dict(dict(eos_ids=eos, pad_id=0, n_vocab=n_vocab, word_start=ws, temperature=0.6), **kw)
     with tg.autocast(next(senior.parameters()).device):
-        return tg.tandem_generate(senior, junior, prompts, **kw)
+        return (tg.static_generate if static else tg.tandem_generate)(senior, junior, prompts, **kw)
 
 class FakeTok:
     """What train_step reads of a tokenizer: its length (the real ids; the output layer may be wider) and the pad id."""
@@ -55,7 +58,7 @@ def args_for(**kw):
 
 # ------------------------------------------------------------------------------------------------------------------
 def cpu_bench(a):
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     V = 151936  # Qwen3's output layer; here the tokenizer is taken to be as wide, so no ids are masked
     cfg = Qwen3Config(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -73,6 +76,27 @@ def cpu_bench(a):
         return senior.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                                pad_token_id=0, eos_token_id=V - 1, **kw)[:, a.prompt_len:]
     ours = lambda T, **kw: gen(senior, junior, prompts, V, ws, eos, max_new_tokens=n, temperature=T, **kw)
+    # eager (tandem_generate) vs static (static_generate, uncompiled on CPU) decode, solo and tandem, all rows to n
+    def seeded(**kw):
+        torch.manual_seed(1)
+        return ours(0.6, **kw)
+    ms = {}
+    for path in ("eager", "static"):
+        for sched in ("solo", "word"):
+            t, out = timed(lambda: seeded(schedule=sched, static=path == "static"), a.repeats)
+            ms[path, sched] = (1e3 * t / n, out)
+    # rows whose tokens and authors are identical on both paths (float32 logits differ in the last bits, ~3e-7, so
+    # over 151,936 ids a sampled token flips now and then, and the row diverges from there)
+    same = lambda s: sum(all(torch.equal(ms["eager", s][1][k][b], ms["static", s][1][k][b])
+                             for k in ("tokens", "senior")) for b in range(a.batch))
+    print(f"bench: decode ms/step, CPU, {torch.get_num_threads()} threads, batch {a.batch}, prompt {a.prompt_len}, "
+          f"{n} new tokens, vocab {V}, median of {a.repeats}")
+    for sched, name in (("solo", "solo"), ("word", "tandem")):
+        print(f"  {name:7s} eager {ms['eager', sched][0]:7.2f}   static {ms['static', sched][0]:7.2f}   "
+              f"static/eager {ms['static', sched][0] / ms['eager', sched][0]:.2f}   "
+              f"rows identical {same(sched)}/{a.batch}")
+    if a.decode:
+        return
     with torch.no_grad():
         t_hf_greedy, ref = timed(lambda: hf(False), a.repeats)
         t_solo_greedy, out = timed(lambda: ours(0, schedule="solo"), a.repeats)
@@ -124,14 +148,16 @@ def cpu_bench(a):
           f"{n} new tokens, vocab {V}, median of {a.repeats}")
     for name, t in rows:
         print(f"  {name:58s} {t:8.3f} s  {a.batch * n / t:8.0f} tok/s")
-    print(f"bench: solo_decode/hf_generate {t_solo / t_hf:.2f}      # sampled; greedy: {t_solo_greedy / t_hf_greedy:.2f}")
+    print(f"bench: solo_decode/hf_generate {t_solo / t_hf:.2f}      "
+          f"# sampled; greedy: {t_solo_greedy / t_hf_greedy:.2f}")
     print(f"bench: tandem_decode/solo_decode {t_tandem / t_solo:.2f}")
     print(f"bench: mixed_lengths/full_lengths {t_mixed / t_tandem:.2f}")
     print(f"bench: trl_step/grpo_step {t_trl / t_grpo:.2f}")
 
 # ------------------------------------------------------------------------------------------------------------------
 def reward_bench(a):
-    """reward() over the test table (CASES) and a stress set: pathological inputs, long completions, injections."""
+    """reward() over the test table (CASES) and a stress set: pathological inputs, long completions (joined boxes,
+    list and solution golds), injections."""
     from test_tandem import CASES, INJECTIONS, PATHOLOGICAL
     step = (r"Let $a_n = \frac{n(n+1)}{2}$, so $a_{n+1} - a_n = n + 1$ and $\sum_{k=1}^{n} k^2 = "
             r"\frac{n(n+1)(2n+1)}{6}$. Checking $n = 3$: $1 + 4 + 9 = 14$. ")
@@ -140,7 +166,12 @@ def reward_bench(a):
             (step * 200 + r"Final answer: \boxed{(-\infty, -2] \cup [3, \infty)}", r"(-\infty,-2]\cup[3,\infty)"),
             (step * 200 + r"Final answer: \boxed{x = \frac{-3 \pm \sqrt{17}}{4}}",
              r"\frac{-3+\sqrt{17}}{4}, \frac{-3-\sqrt{17}}{4}"),
-            (step * 100, "14")]  # no box at all
+            (step * 100, "14"),  # no box at all
+            (step * 40 + r"so the pairs are \boxed{(1, 2)}, \boxed{(2, 1)} \quad\text{and}\quad \boxed{(-1, -20)}.",
+             r"(2,1),(1,2),(-1,-20)"),  # joined boxes
+            (step * 40 + r"\boxed{k = 45} \quad \text{and} \quad \boxed{n = 2}", "45, 2"),  # labelled parts
+            (step * 40 + r"Thus $\boxed{4.5e33}$.", [r"4.5 \times 10^{33}", "4.5e33"]),  # a list of golds
+            (r"\boxed{\frac{7}{2}}", step * 40 + r"so the mean is $\boxed{3.5}$.")]  # a worked solution as gold
     stress = PATHOLOGICAL + long + [(r"\boxed{" + c.format(m="/tmp/never") + "}", "0") for c in INJECTIONS]
     tg.reward(r"\boxed{x+1}", "1+x")  # warm-up: sympy's first calls fill caches
     for name, pairs in (("table", [(c, g) for g, c, _ in CASES]), ("stress", stress)):
@@ -208,6 +239,22 @@ def paper_bench(a):
             tag = sched + ("" if cudnn else "_no_cudnn_sdp")
             out[f"{tag}_decode_tok_s"] = G * a.short_tokens / dt
             out[f"{tag}_ms_per_step"] = dt / a.short_tokens * 1e3
+    # 1b. the static-shape decode captured as CUDA graphs (--compile): the first call compiles and records (timed
+    #     apart), the second is timed; greedy tokens of both paths are compared (bf16 near-ties may flip a few).
+    #     With --device cpu these rows time the static path uncompiled (a smoke test of this code, not a figure)
+    if not a.no_compiled:
+        for sched in ("solo", "word"):
+            t = time.time()
+            gen(senior, junior, prompts, V, ws, eos, static=True, schedule=sched, max_new_tokens=a.short_tokens)
+            sync(); out[f"{sched}_compile_s"] = time.time() - t
+            sync(); t = time.time()
+            gen(senior, junior, prompts, V, ws, eos, static=True, schedule=sched, max_new_tokens=a.short_tokens)
+            sync(); dt = time.time() - t
+            out[f"{sched}_compiled_decode_tok_s"] = G * a.short_tokens / dt
+            out[f"{sched}_compiled_ms_per_step"] = dt / a.short_tokens * 1e3
+        greedy = [gen(senior, junior, prompts, V, ws, eos, static=static, schedule="word", temperature=0,
+                      max_new_tokens=a.short_tokens)["tokens"] for static in (False, True)]
+        out["compiled_greedy_rows_same"] = (greedy[0] == greedy[1]).all(1).float().mean().item()
     # 2. rollout phase: both KV caches grow to the full length S (a prompt of S - decode_steps tokens, then
     #    decode_steps steps: the prefill is longer than the paper's <= 1024, so its transient is an upper bound)
     reset()
@@ -237,6 +284,9 @@ def paper_bench(a):
     # the paper's step: 128 rollouts = 128 / G rollout batches of new_tokens decode steps, then 2 updates of 64
     out["est_step_s"] = 128 / G * a.new_tokens * out["word_ms_per_step"] / 1e3 + 2 * out["update_s"]
     out["tandem_over_solo_time"] = out["word_ms_per_step"] / out["solo_ms_per_step"]
+    if not a.no_compiled:
+        decode_s = 128 / G * a.new_tokens * out["word_compiled_ms_per_step"] / 1e3
+        out["est_step_compiled_s"] = decode_s + 2 * out["update_s"]
     print(f"paper slice: {a.config}, rollout batch {G} x {S} tokens, update 64 x {S} tokens, micro-batch "
           f"{a.micro_batch}, grad_norm {m['grad_norm']:.3g}")
     for k, v in out.items():
@@ -247,6 +297,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--paper", action="store_true", help="GPU slice of the paper's step (see the docstring)")
     p.add_argument("--reward", action="store_true", help="time the answer checker")
+    p.add_argument("--decode", action="store_true", help="CPU: only the eager vs static decode ms/step")
+    p.add_argument("--threads", type=int, default=2, help="CPU: torch threads")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--prompt-len", type=int, default=128)
@@ -258,6 +310,7 @@ if __name__ == "__main__":
     p.add_argument("--short-tokens", type=int, default=64, help="--paper: length of the tok/s comparison")
     p.add_argument("--decode-steps", type=int, default=1000, help="--paper: decode steps of the full-length rollout")
     p.add_argument("--profile", action="store_true", help="--paper: print a profile of 8 decode steps")
+    p.add_argument("--no-compiled", action="store_true", help="--paper: skip the compiled (--compile) decode rows")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     if a.paper and "--prompt-len" not in sys.argv:  # the paper's lengths unless told otherwise

@@ -1,73 +1,84 @@
 """
 eval.py: the paper's three claims, measured. Each senior on each data file, side by side, with 95% intervals.
 
-  solo pass@k     the senior alone: n samples a problem, unbiased pass@k = 1 - C(n-c, k) / C(n, k), k = 1, 2, 4, .., n
-  step pass@k     handoff: the senior writes the first reasoning step, then senior and junior strictly alternate at
-                  every \\n\\n, one shared token budget min(max_new_tokens, 4096 - prompt - 8), at most 150 turns;
-                  also as step/solo, the ratio of handoff pass@4 to solo pass@4
-  word pass@k     handoff under the training schedule: the author redrawn by a coin (p_senior 0.5) after every
-                  word-start token or 32 tokens without one
-  legibility      the junior's mean per-token cross-entropy (nats) over the senior's own solo responses
-  drift           mean per-token KL(senior || junior) over those responses, from the full next-token distributions,
-                  next to the senior's own cross-entropy on them (self-CE)
-  share, length   the senior's share of the tokens and the mean response length (tokens) under each schedule
-Every pass@k carries a 95% bootstrap interval over problems, and so does the difference between two seniors, paired
-by problem. A truncated response (no EOS within its budget or its turns) scores 0. Averages: per problem (pass@k) or
-per response (the rest), then per file, then the macro average over files. Definitions: ../shared/SPEC.md, section 4.
+What it computes, in order, for every senior on every file (--n samples a problem under each schedule):
+  1. solo   the senior alone, budget min(max_new_tokens, 4096 - prompt)                          -> solo pass@k
+  2. step   handoff: the senior writes the first reasoning step, then the two strictly alternate at every blank line,
+            at most --max-turns turns (the authors' 150 rounds of two), budget min(max_new_tokens, 4096 - prompt - 8)
+                                                                                -> step pass@k, step/solo at pass@4
+  3. word   handoff under the training coin (p_senior, redrawn after a word-start token or max_gap) -> word pass@k
+  4. both models teacher-forced over the senior's solo chains (end-of-turn token excluded; prompt + chain of 4,088
+     tokens or more left out, counted): legibility (junior's cross-entropy), self-CE (senior's), drift (KL(p || q))
+  5. pass@k unbiased per problem, k = 1, 2, 4, .., n; means per file, then macro over files; 95% bootstrap intervals;
+     every senior minus the first, paired by problem
+A response cut at its budget or its turns is graded as it is (the authors' rule; --truncated-reward zero scores it 0).
+The table goes to stdout; everything (settings, metrics, every sample's text and author mask) to --out as JSON.
+README.md (Evaluation) defines every metric.
 
 Run it:
     python eval.py --demo                               # the bundled tiny model, before and after tandem_grpo --demo
     python eval.py --senior runs/grpo/step_000200 --senior runs/trl/step_000120 --junior Qwen/Qwen3-4B-Instruct-2507 \\
         --data aime.jsonl amc.jsonl minerva.jsonl olympiad.jsonl --out runs/eval.json
-Everything (settings, every metric, per-problem results, the sampled texts) also goes to --out as JSON.
 """
-import argparse, json, math, sys, time
+import argparse, json, math, os, sys, time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
-from tandem_grpo import (DEMO_DIR, LOGITS_CHUNK, autocast, eos_ids, load_model, load_problems, pack, prompt_ids,
-                         response_hidden, reward, step_end_mask, tandem_generate, word_start_mask)
+from tandem_grpo import (DEMO_DIR, LOGITS_CHUNK, HelpFormatter, UserError, autocast, eos_ids, load_model,
+                         load_problems, load_tokenizer, pack, prompt_ids, response_hidden, reward, step_end_mask,
+                         tandem_generate, word_start_mask)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Settings (the paper's evaluation sampling is the default)
 
-HANDOFF_CONTEXT = 4096  # the authors' handoff runs: prompt + response + 8 must fit a 4096-token window
+CONTEXT = 4096          # the authors' window: prompt + response (+ 8 spare tokens in their handoff loop)
+LEGIBILITY_MAX = 4088   # the authors leave a prompt + chain of this many tokens or more (4096 - 8) out of legibility
 N_BOOT = 2000           # bootstrap resamples
 SCHEDULES = ("solo", "step", "word")
 
 def demo_seniors():
-    """The demo base model, and the senior `python tandem_grpo.py --demo` trained, if it exists (runs/demo/latest)."""
-    latest = Path("runs/demo/latest")
-    trained = [str(latest.parent / latest.read_text().strip())] if latest.exists() else []
-    return [str(DEMO_DIR / "model")] + trained
+    """The demo base model, and the senior `python tandem_grpo.py --demo` trained (runs/demo/latest in the working
+    folder, else next to this script), if it exists."""
+    for runs in (Path("runs/demo"), Path(__file__).resolve().parent / "runs" / "demo"):
+        if (runs / "latest").exists():
+            return [str(DEMO_DIR / "model"), str(runs / (runs / "latest").read_text().strip())]
+    return [str(DEMO_DIR / "model")]
 
-# --demo swaps in these defaults (flags on the command line still win): all 200 held-out problems, ~90 s on 2 cores.
+# --demo swaps in these defaults (flags on the command line still win): all 200 held-out problems, 90-125 s on 2 cores.
 DEMO = dict(junior=str(DEMO_DIR / "model"), data=[str(DEMO_DIR / "test.jsonl")], n=4, max_new_tokens=96, batch=128,
-            tf_batch=64, out="runs/demo/eval.json")
+            tf_batch=64, threads=1, out="runs/demo/eval.json")
+
+def looks_local(path):
+    """A path that cannot be a hub id (OWNER/NAME): it must exist here."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)  # docstring as written + defaults
     a = p.add_argument
-    a("--senior", action="append", help="model to evaluate, hub id or local folder; repeat the flag for several")
-    a("--junior", default="Qwen/Qwen3-4B-Instruct-2507", help="the frozen junior (same tokenizer as every senior)")
-    a("--data", nargs="+", help="problem files (.jsonl/.json, or hf://datasets/OWNER/NAME/FILE)")
+    a("--senior", action="append", help="model to evaluate, hub id or local folder; repeat the flag for several "
+                                        "(--demo: the demo model and the senior its training wrote)")
+    a("--junior", default="Qwen/Qwen3-4B-Instruct-2507", help="the frozen junior (same vocabulary as every senior)")
+    a("--data", nargs="+", help="problem files: .jsonl, .json, .parquet (pyarrow), or hf://datasets/OWNER/NAME/FILE")
     a("--limit", type=int, default=0, help="evaluate the first N problems of each file (0: all)")
     a("--n", type=int, default=8, help="samples per problem, for every schedule")
-    a("--temperature", type=float, default=0.7)
-    a("--top-p", type=float, default=0.8)
-    a("--top-k", type=int, default=20)
-    a("--max-new-tokens", type=int, default=3000, help="solo budget; handoff: min(this, 4096 - prompt - 8)")
-    a("--max-turns", type=int, default=150, help="step schedule: at most this many turns")
+    a("--temperature", type=float, default=0.7, help="sampling temperature, every schedule (0: greedy)")
+    a("--top-p", type=float, default=0.8, help="nucleus sampling: keep the smallest set of ids with this much mass")
+    a("--top-k", type=int, default=20, help="sample among the k most likely ids (0: all)")
+    a("--max-new-tokens", type=int, default=3000,
+      help=f"response budget; also capped by the {CONTEXT}-token window: {CONTEXT} - prompt (- 8 for step)")
+    a("--max-turns", type=int, default=300, help="step schedule: at most this many turns (150 rounds of two)")
+    a("--truncated-reward", default="grade", choices=["grade", "zero"],
+      help="a response cut at its budget or turns: grade its text as it is (the authors), or score it 0")
     a("--p-senior", type=float, default=0.5, help="word schedule: probability the coin picks the senior")
     a("--max-gap", type=int, default=32, help="word schedule: redraw after this many tokens without a word start")
     a("--batch", type=int, default=64, help="rows generated at once (memory knob: both KV caches)")
     a("--tf-batch", type=int, default=8, help="responses teacher-forced at once (memory knob)")
     a("--seed", type=int, default=0, help="every (senior, file, schedule) samples from this seed")
+    a("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default, all cores; --demo: 1)")
     a("--out", default="eval.json", help="JSON file: settings, metrics, per-problem results, sampled texts")
-    a("--demo", action="store_true", help="evaluate the bundled demo model (and its trained senior) on 2 CPU cores")
+    a("--demo", action="store_true", help="evaluate the bundled demo model (and its trained senior) on a CPU")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     argv = sys.argv[1:] if argv is None else argv
     if "--demo" in argv:
@@ -76,6 +87,22 @@ def get_args(argv=None):
     args.senior = args.senior or (demo_seniors() if args.demo else None)  # not a default: append would add to it
     if not args.senior or not args.data:
         p.error("--senior and --data are required (or --demo)")
+    for flag in ("n", "max_new_tokens", "max_turns", "max_gap", "batch", "tf_batch"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    for flag in ("limit", "top_k", "threads", "temperature"):
+        if getattr(args, flag) < 0:
+            p.error(f"--{flag.replace('_', '-')} must be >= 0")
+    if not 0 <= args.p_senior <= 1:
+        p.error("--p-senior must be in [0, 1]")
+    if not 0 < args.top_p <= 1:
+        p.error("--top-p must be in (0, 1]")
+    for f in args.data:
+        if not f.startswith("hf://") and not Path(f).is_file():
+            p.error(f"--data {f}: no such file")
+    for m in args.senior + [args.junior]:
+        if looks_local(m) and not Path(m).expanduser().is_dir():
+            p.error(f"{m}: no such model folder")
     return args
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -104,50 +131,56 @@ def bootstrap_ci(groups, n_boot=N_BOOT, seed=0):
 # ------------------------------------------------------------------------------------------------------------------
 # Sampling: n responses per problem under one schedule
 
-def handoff_budget(n_prompt, max_new_tokens):
-    """Tokens the senior and junior share: min(max_new_tokens, 4096 - prompt length - 8), as the authors ran it."""
-    return max(0, min(max_new_tokens, HANDOFF_CONTEXT - n_prompt - 8))
+def budget(n_prompt, max_new_tokens, schedule):
+    """A row's response budget: min(max_new_tokens, 4096 - prompt), and 8 tokens fewer in the authors' handoff loop."""
+    return max(0, min(max_new_tokens, CONTEXT - n_prompt - 8 * (schedule == "step")))
 
-def generate(senior, junior, tok, prompts, budgets, schedule, args, ws, se):
+def generate(senior, junior, tok, prompts, budgets, schedule, args, word_start, step_end, eos):
     """tandem_generate with one token budget per row: rows run to the largest budget, then each is cut to its own
     (the tokens before the cut are distributed exactly as in a run that stopped there). A row cut at its budget, or
-    stopped without EOS (e.g. after max_turns), is truncated. -> tandem_generate's dict, tokens [B, T] etc."""
-    kw = dict(solo=dict(), step=dict(step_end=se, max_turns=args.max_turns),
-              word=dict(word_start=ws, p_senior=args.p_senior, max_gap=args.max_gap))[schedule]
+    stopped without EOS (after max_turns), is truncated. -> tandem_generate's dict, tokens [B, T] etc."""
+    kw = dict(solo=dict(), step=dict(step_end=step_end, max_turns=args.max_turns),
+              word=dict(word_start=word_start, p_senior=args.p_senior, max_gap=args.max_gap))[schedule]
     with autocast(next(senior.parameters()).device):
-        g = tandem_generate(senior, None if schedule == "solo" else junior, prompts, eos_ids=eos_ids(tok, senior),
-                            pad_id=tok.pad_token_id, n_vocab=len(tok), schedule=schedule,
-                            max_new_tokens=max(1, max(budgets)), temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, **kw)
-    budget = torch.tensor(budgets, device=g["mask"].device)[:, None]           # [B, 1]
-    keep = torch.arange(g["mask"].shape[1], device=budget.device)[None] < budget  # [B, T]
-    g["truncated"] = g["truncated"] | (g["mask"] & ~keep).any(1)
-    g["mask"], g["senior"] = g["mask"] & keep, g["senior"] & keep
-    g["tokens"] = g["tokens"].masked_fill(~keep, tok.pad_token_id)
-    return g
+        gen = tandem_generate(senior, None if schedule == "solo" else junior, prompts, eos_ids=eos,
+                              pad_id=tok.pad_token_id, n_vocab=len(tok), schedule=schedule,
+                              max_new_tokens=max(1, max(budgets)), temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, **kw)
+    budget = torch.tensor(budgets, device=gen["mask"].device)[:, None]           # [B, 1]
+    keep = torch.arange(gen["mask"].shape[1], device=budget.device)[None] < budget  # [B, T]
+    gen["truncated"] = gen["truncated"] | (gen["mask"] & ~keep).any(1)
+    gen["mask"], gen["senior"] = gen["mask"] & keep, gen["senior"] & keep
+    gen["tokens"] = gen["tokens"].masked_fill(~keep, tok.pad_token_id)
+    return gen
 
-def sample_responses(senior, junior, tok, problems, schedule, args, ws, se, desc=""):
-    """args.n responses per problem (each prompt repeated n times in the batch) -> one list of n samples per problem:
-    text, reward (0 if truncated), truncated, length and senior_tokens; solo samples keep prompt and response ids."""
+def sample_responses(senior, junior, tok, problems, schedule, args, word_start, step_end, eos, desc=""):
+    """args.n responses per problem (each prompt repeated n times in the batch), prompts from the senior's tokenizer
+    `tok` -> one list of n samples per problem: text, reward, truncated, length, senior_tokens and authors (one
+    character per response token: s = senior, j = junior); solo samples also keep prompt and response ids."""
     torch.manual_seed(args.seed)  # the same stream for every senior: paired comparisons get common random numbers
-    jobs = [(i, ids) for i, p in enumerate(problems) for ids in [prompt_ids(tok, p["problem"])] for _ in range(args.n)]
+    jobs = []
+    for i, p in enumerate(problems):
+        ids = prompt_ids(tok, p["problem"])  # templated once, repeated n times
+        jobs += [(i, ids)] * args.n
     out = [[] for _ in problems]
     for s in tqdm(range(0, len(jobs), args.batch), desc=desc, leave=False):
         chunk = jobs[s:s + args.batch]
-        budgets = [args.max_new_tokens if schedule == "solo" else handoff_budget(len(p), args.max_new_tokens)
-                   for _, p in chunk]
-        g = generate(senior, junior, tok, [p for _, p in chunk], budgets, schedule, args, ws, se)
+        budgets = [budget(len(p), args.max_new_tokens, schedule) for _, p in chunk]
+        gen = generate(senior, junior, tok, [p for _, p in chunk], budgets, schedule, args, word_start, step_end,
+                       eos)
         for j, (i, p) in enumerate(chunk):
-            resp = g["tokens"][j][g["mask"][j]].tolist()
-            text, truncated = tok.decode(resp, skip_special_tokens=True), bool(g["truncated"][j])
-            out[i].append(dict(text=text, reward=0.0 if truncated else reward(text, problems[i]["answer"]),
-                               truncated=truncated, length=len(resp), senior_tokens=int(g["senior"][j].sum())))
+            resp = gen["tokens"][j][gen["mask"][j]].tolist()
+            text, truncated = tok.decode(resp, skip_special_tokens=True), bool(gen["truncated"][j])
+            graded = not (truncated and args.truncated_reward == "zero")
+            out[i].append(dict(text=text, reward=reward(text, problems[i]["answer"]) if graded else 0.0,
+                               truncated=truncated, length=len(resp), senior_tokens=int(gen["senior"][j].sum()),
+                               authors="".join("sj"[not a] for a in gen["senior"][j][gen["mask"][j]].tolist())))
             if schedule == "solo":
                 out[i][-1].update(prompt_ids=p, response_ids=resp)
     return out
 
 # ------------------------------------------------------------------------------------------------------------------
-# Legibility and drift: both models teacher-forced over the senior's solo responses, float32, temperature 1
+# Legibility and drift: both models teacher-forced over the senior's solo chains, float32, temperature 1
 
 def next_token_stats(senior, junior, h_s, h_j, y, n_vocab):
     """Final hidden states h_s, h_j [N, H] of the two models before each target y [N] -> [N, 3]:
@@ -165,40 +198,58 @@ def next_token_stats(senior, junior, h_s, h_j, y, n_vocab):
 
 @torch.no_grad()
 def teacher_forced(senior, junior, pairs, n_vocab, pad_id, batch, desc=""):
-    """(prompt ids, response ids) pairs: both models read the same chat prefix and the response, no sampling.
-    -> one (legibility, self-CE, drift) tuple per response: per-token values averaged over its tokens (EOS included)."""
+    """(prompt ids, chain ids) pairs: both models read the same chat prefix and the chain, no sampling.
+    -> one (legibility, self-CE, drift) tuple per chain: per-token values averaged over every token of the chain."""
     dev, out = next(senior.parameters()).device, []
     for s in tqdm(range(0, len(pairs), batch), desc=desc, leave=False):
         rows = [dict(prompt=p, response=r, senior=[True] * len(r)) for p, r in pairs[s:s + batch]]
-        ids, attn, P, sel = pack(rows, pad_id, dev)            # [b, P+T], [b, P+T], P, sel [b, T]: every response token
+        ids, attn, P, sel = pack(rows, pad_id, dev)            # [b, P+T], [b, P+T], P, sel [b, T]: every chain token
         h_s = response_hidden(senior, ids, attn, P, sel)        # [N, H] float32 (no autocast)
         h_j = response_hidden(junior, ids, attn, P, sel)        # [N, H]
         stats = next_token_stats(senior, junior, h_s, h_j, ids[:, P:][sel], n_vocab)  # [N, 3]
         out += [tuple(x.mean(0).tolist()) for x in stats.split(sel.sum(1).tolist())]
     return out
 
+def chain_of_thought(n_prompt, response_ids, truncated):
+    """The chain the junior reads: the response without its end-of-turn token (a truncated one has none), or None
+    when it is left out: empty, or prompt + chain LEGIBILITY_MAX tokens or more (as the authors)."""
+    chain = response_ids if truncated else response_ids[:-1]
+    return chain if chain and n_prompt + len(chain) < LEGIBILITY_MAX else None
+
 # ------------------------------------------------------------------------------------------------------------------
 # One senior on one file, then the metrics of any set of files (one file, or the macro average)
 
-def evaluate(senior, junior, tok, problems, args, ws, se, name=""):
-    """-> {schedule: per-problem lists of n samples}; solo samples also carry legibility, self_ce and drift."""
-    res = {s: sample_responses(senior, junior, tok, problems, s, args, ws, se, f"{name} {s}") for s in SCHEDULES}
+def evaluate(senior, junior, tok, problems, args, word_start, step_end, eos, name=""):
+    """-> {schedule: per-problem lists of n samples}; solo samples also carry legibility, self_ce and drift (None for
+    a chain left out)."""
+    res = {s: sample_responses(senior, junior, tok, problems, s, args, word_start, step_end, eos, f"{name} {s}")
+           for s in SCHEDULES}
     solo = [x for per_problem in res["solo"] for x in per_problem]
-    tf = teacher_forced(senior, junior, [(x.pop("prompt_ids"), x.pop("response_ids")) for x in solo], len(tok),
-                        tok.pad_token_id, args.tf_batch, f"{name} teacher-forced")
-    for x, (legibility, self_ce, drift) in zip(solo, tf):
-        x.update(legibility=legibility, self_ce=self_ce, drift=drift)
+    chains = []  # (prompt ids, chain ids or None when left out), one per solo sample
+    for x in solo:
+        p = x.pop("prompt_ids")
+        chains.append((p, chain_of_thought(len(p), x.pop("response_ids"), x["truncated"])))
+    kept = [i for i, (_, c) in enumerate(chains) if c is not None]
+    tf = teacher_forced(senior, junior, [chains[i] for i in kept], len(tok), tok.pad_token_id, args.tf_batch,
+                        f"{name} teacher-forced")
+    for x in solo:
+        x.update(legibility=None, self_ce=None, drift=None)
+    for i, (legibility, self_ce, drift) in zip(kept, tf):
+        solo[i].update(legibility=legibility, self_ce=self_ce, drift=drift)
     return res
 
 def per_problem_pass(samples, k):
     """[P] lists of n samples -> pass@k of each problem [P] (correct: reward 1)."""
     return torch.tensor([pass_at_k(len(s), sum(x["reward"] == 1 for x in s), k) for s in samples], dtype=torch.float64)
 
+def mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
 def metrics(files, args):
     """files: one evaluate() result per data file -> metrics of their macro average (of one file: that file's).
     pass@k: [estimate, lo, hi], estimate = mean over files of the mean over problems; the rest: per response, per file,
-    then over files."""
-    m, mean = {}, lambda xs: sum(xs) / len(xs)
+    then over files (legibility, self-CE, drift: over the chains not left out; None when there is none)."""
+    m = {}
     responses = lambda f, sch: [x for s in f[sch] for x in s]
     for sch in SCHEDULES:
         for k in ks_for(args.n):
@@ -210,9 +261,11 @@ def metrics(files, args):
             m[f"{sch} {key}"] = mean([mean([float(x[key]) for x in responses(f, sch)]) for f in files])
     kr = min(4, args.n)
     solo = m[f"solo pass@{kr}"][0]
-    m[f"step/solo pass@{kr}"] = m[f"step pass@{kr}"][0] / solo if solo else float("nan")
+    m[f"step/solo pass@{kr}"] = m[f"step pass@{kr}"][0] / solo if solo else None
     for key in ("legibility", "self_ce", "drift"):
-        m[key] = mean([mean([x[key] for x in responses(f, "solo")]) for f in files])
+        per_file = [mean([x[key] for x in responses(f, "solo") if x[key] is not None]) for f in files]
+        m[key] = mean([v for v in per_file if v is not None])
+    m["left out"] = sum(x["legibility"] is None for f in files for x in responses(f, "solo"))  # chains, all files
     return m
 
 def paired(files_b, files_a, args):
@@ -236,25 +289,35 @@ def render(rows):
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
 
-def table(report, n):
+def num(v, fmt=".3f"):
+    return "-" if v is None else f"{v:{fmt}}"
+
+def table(report):
     """Rows: seniors, per file then the macro average; then each senior minus the first, paired by problem."""
-    kr = min(4, n)
+    st = report["settings"]
+    kr = min(4, st["n"])
     cols = [("solo@1", lambda m: pct(m["solo pass@1"])), (f"solo@{kr}", lambda m: pct(m[f"solo pass@{kr}"])),
             (f"step@{kr}", lambda m: pct(m[f"step pass@{kr}"])),
-            ("step/solo", lambda m: f"{100 * m[f'step/solo pass@{kr}']:.1f}%"),
+            ("step/solo", lambda m: num(m[f"step/solo pass@{kr}"] and 100 * m[f"step/solo pass@{kr}"], ".1f") + "%"),
             (f"word@{kr}", lambda m: pct(m[f"word pass@{kr}"])),
-            ("legib", lambda m: f"{m['legibility']:.3f}"), ("drift", lambda m: f"{m['drift']:.3f}"),
-            ("self-CE", lambda m: f"{m['self_ce']:.3f}"),
+            ("legib", lambda m: num(m["legibility"])), ("drift", lambda m: num(m["drift"])),
+            ("self-CE", lambda m: num(m["self_ce"])), ("left out", lambda m: str(m["left out"])),
             ("share step/word", lambda m: f"{100 * m['step share']:.0f}%/{100 * m['word share']:.0f}%"),
-            ("len solo/step/word", lambda m: "/".join(f"{m[s + ' length']:.0f}" for s in SCHEDULES))]
+            ("len solo/step/word", lambda m: "/".join(f"{m[s + ' length']:.0f}" for s in SCHEDULES)),
+            ("cut solo/step/word", lambda m: "/".join(f"{100 * m[s + ' truncated']:.0f}%" for s in SCHEDULES))]
     dcols = [(f"d {h}", lambda d, k=k: pct(d[k], "+")) for h, k in [("solo@1", "solo pass@1"),
              (f"solo@{kr}", f"solo pass@{kr}"), (f"step@{kr}", f"step pass@{kr}"), (f"word@{kr}", f"word pass@{kr}")]]
     scopes = report["files"] + (["macro"] if len(report["files"]) > 1 else [])
     rows = [["data", "senior"] + [h for h, _ in cols]]
     rows += [[s, name] + [f(r["macro"] if s == "macro" else r["files"][s]["metrics"]) for _, f in cols]
              for s in scopes for name, r in report["seniors"].items()]
-    out = render(rows) + ("\npass@k in % [95% bootstrap interval over problems]; step: handoff alternating at \\n\\n; "
-                          "word: handoff under the training coin; legib, drift, self-CE in nats per token")
+    rule = {"grade": "graded as cut (the authors' rule)", "zero": "scored 0 (--truncated-reward zero)"}
+    out = render(rows) + (
+        f"\npass@k in % [95% bootstrap interval over problems], {st['n']} samples a problem; step: handoff alternating "
+        f"at blank lines, at most {st['max_turns']} turns; word: handoff under the training coin (p_senior "
+        f"{st['p_senior']}); cut: responses stopped by the budget or the turns, {rule[st['truncated_reward']]}"
+        f"\nlegib, drift, self-CE: nats per token over the solo chains without the end-of-turn token; left out: "
+        f"chains empty or with prompt + chain >= {LEGIBILITY_MAX} tokens")
     if report["paired"]:
         rows = [["data", "paired by problem"] + [h for h, _ in dcols]]
         rows += [[s, pair] + [f(d[s]) for _, f in dcols] for s in scopes for pair, d in report["paired"].items()]
@@ -264,25 +327,61 @@ def table(report, n):
 # ------------------------------------------------------------------------------------------------------------------
 # Main: every senior on every file, the table, the JSON
 
+def unique_names(paths, min_parts):
+    """Display names: the shortest tail of each path (at least min_parts parts; a local path taken relative to the
+    working folder) that no other path shares, so that data/eval/aime24/test.parquet is aime24/test.parquet next to
+    data/eval/amc23_25/test.parquet; the same path twice gets ' #2'."""
+    parts = [Path(os.path.relpath(p) if Path(p).exists() else p).parts for p in paths]
+    tail = lambda i, k: "/".join(parts[i][-k:])
+    names = []
+    for i in range(len(paths)):
+        k = min_parts
+        while k < len(parts[i]) and any(tail(j, k) == tail(i, k) for j in range(len(paths)) if parts[j] != parts[i]):
+            k += 1
+        name, n = tail(i, k), 1
+        while name in names:
+            n += 1
+            name = f"{tail(i, k)} #{n}"
+        names.append(name)
+    return names
+
+def check_writable(out):
+    """Fail now, not after hours of sampling, if --out cannot be written (a folder, a read-only place)."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
+        with open(out, "a"):
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write it ({e.strerror}: {e.filename})") from None
+
 def main(args):
     t0 = time.time()
-    if args.demo:  # a tiny model: a second thread gains ~20% on an idle 2-core machine and costs 5-10x on a busy one
-        torch.set_num_threads(1)
-    data = {Path(f).name: load_problems(f)[:args.limit or None] for f in args.data}  # validated before models load
+    check_writable(args.out)
+    if args.threads:  # the demo's tiny model: 2 threads gain ~20% on 2 idle cores and cost 5-10x on 2 busy ones
+        torch.set_num_threads(args.threads)
+    names = unique_names(args.data, 1)
+    data = {n: load_problems(f)[:args.limit or None] for n, f in zip(names, args.data)}  # validated before models load
     dev = torch.device(args.device)
-    tok = AutoTokenizer.from_pretrained(args.junior)
-    for path in args.senior:  # token ids pass unchanged between the two models
-        if AutoTokenizer.from_pretrained(path).get_vocab() != tok.get_vocab():
-            sys.exit(f"{path}: its tokenizer differs from the junior's ({args.junior})")
-    ws, se = word_start_mask(tok), step_end_mask(tok)
-    junior = load_model(args.junior, dev, torch.float32, trainable=False)
-    report = dict(settings=dict(vars(args), handoff_context=HANDOFF_CONTEXT, n_boot=N_BOOT, ks=ks_for(args.n)),
-                  files=list(data), seniors={}, paired={})
-    results = {}  # senior name -> one evaluate() result per file
+    jtok = load_tokenizer(args.junior)
+    toks = {}  # each senior's own tokenizer builds its prompts; ids pass unchanged, so the vocabularies must agree
     for path in args.senior:
-        name = "/".join(Path(path).parts[-2:])
+        toks[path] = load_tokenizer(path)
+        if toks[path].get_vocab() != jtok.get_vocab():
+            raise UserError(f"{path}: its tokenizer's vocabulary differs from the junior's ({args.junior})")
+    word_start, step_end = word_start_mask(jtok), step_end_mask(jtok)
+    junior = load_model(args.junior, dev, torch.float32, trainable=False)
+    report = dict(settings=dict(vars(args), context=CONTEXT, legibility_max=LEGIBILITY_MAX, n_boot=N_BOOT,
+                                ks=ks_for(args.n)), files=list(data), seniors={}, paired={})
+    results = {}  # senior name -> one evaluate() result per file
+    for path, name in zip(args.senior, unique_names(args.senior, 2)):
         senior = junior if path == args.junior else load_model(path, dev, torch.float32, trainable=False)
-        res = results[name] = [evaluate(senior, junior, tok, p, args, ws, se, f"{name} {f}") for f, p in data.items()]
+        tok, eos = toks[path], eos_ids(toks[path], senior) | eos_ids(jtok, junior)
+        res = results[name] = [evaluate(senior, junior, tok, p, args, word_start, step_end, eos, f"{name} {f}")
+                               for f, p in data.items()]
         del senior
         report["seniors"][name] = dict(path=path, macro=metrics(res, args), files={f: dict(
             metrics=metrics([r], args),
@@ -293,12 +392,15 @@ def main(args):
     for name in others:  # every senior minus the first, paired by problem
         d = {f: paired([b], [a], args) for f, b, a in zip(data, results[name], results[first])}
         report["paired"][f"{name} - {first}"] = dict(d, macro=paired(results[name], results[first], args))
-    print(table(report, args.n))
+    print(table(report))
     report["settings"]["wall_s"] = round(time.time() - t0, 1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
     return report
 
 if __name__ == "__main__":
-    main(get_args())
+    try:
+        main(get_args())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -19,11 +19,13 @@ Run it:
 What it simplifies, and why:
   - Rollouts come from a plain PyTorch decode loop over Hugging Face models (one KV cache per model), not from a
     patched vLLM: slower, but every step of co-generation is visible in ~100 lines.
-  - One process, one device. The senior keeps float32 master weights (bf16 cannot absorb updates of 1e-6) and
-    runs its matmuls in bf16 autocast on CUDA; the junior is bf16. No FSDP, no sequence packing.
+  - One device a process. The senior keeps float32 master weights (bf16 cannot absorb updates of 1e-6) and runs its
+    matmuls in bf16 on CUDA; the junior is bf16. torchrun + FSDP2 for more GPUs (an appendix). No sequence packing.
   - The token-mean divides by the senior's tokens of the mini-batch (the authors' newer verl divides by all
-    response tokens, junior ones included: a constant scale per mini-batch that AdamW mostly absorbs).
-  - GPU memory bookkeeping and the answer checker behind reward() are long: they sit in appendices at the end.
+    response tokens, junior ones included: a scale of about 0.5 per mini-batch that AdamW mostly absorbs).
+  - Validation is one solo sample per held-out problem every --val-every steps; eval.py measures the rest.
+  - Detail that is not the method sits in appendices at the end, in this order: GPU memory, the static-shape decode
+    (--compile), more than one GPU (torchrun, FSDP2), data files, checkpoints and plumbing, the answer checker.
 All numbers follow the paper and the authors' code (verl's GRPO); README.md lists them with the measured figures.
 """
 import argparse, itertools, json, math, os, random, re, shlex, shutil, sys, time
@@ -36,7 +38,7 @@ import sympy as sp
 import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, StaticCache
 
 class UserError(Exception):
     """Something the user can fix (a flag, a path, a data row): printed as one line, never a traceback."""
@@ -94,6 +96,12 @@ def get_args(argv=None):
     a("--demo", action="store_true", help="run the bundled CPU demo (tiny model, toy arithmetic)")
     a("--memory-report", action="store_true", help="print the GPU memory budget for this setting and exit")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    a("--compile", action="store_true", help="rollouts: static-shape decode, captured as CUDA graphs on a GPU "
+      "(appendix); same tokens; off until measured faster on a GPU")
+    a("--fsdp", action=argparse.BooleanOptionalAction, help="shard the senior with FSDP2 (None: on with >1 rank)")
+    a("--shard-junior", action="store_true", help="with --fsdp, shard the junior too (gathered for rollouts only)")
+    a("--timeout", type=float, default=30, help="minutes a rank waits for the others before the whole job stops")
+    a("--nproc", type=int, default=1, help="--memory-report: the budget of one of this many ranks (FSDP2)")
     a("--threads", type=int, default=0, help="CPU threads for torch (0: all cores)")
     argv = sys.argv[1:] if argv is None else argv
     if "--demo" in argv:
@@ -103,49 +111,39 @@ def get_args(argv=None):
     return args
 
 # ------------------------------------------------------------------------------------------------------------------
-# Data: {"problem", "answer"} rows, validated before any model loads
+# Data: rows with a problem and its accepted answer(s), validated before any model loads
 
 PROMPT_SUFFIX = ("Solve the following math problem step by step. Put your final answer inside \\boxed{}, "
                  "like \\boxed{42} or \\boxed{\\frac{1}{2}}.")  # the authors' words, training and eval alike
-PROBLEM_KEYS, ANSWER_KEYS = ("problem", "question"), ("answer", "final_answer", "solution")
-
-def fetch(path):
-    """A local path, or hf://datasets/OWNER/NAME/FILE fetched once with huggingface_hub (into its cache)."""
-    if not path.startswith("hf://"):
-        return Path(path)
-    parts = path[len("hf://"):].split("/")
-    if len(parts) < 4 or parts[0] != "datasets":
-        raise ValueError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
-    from huggingface_hub import hf_hub_download
-    return Path(hf_hub_download("/".join(parts[1:3]), "/".join(parts[3:]), repo_type="dataset"))
+# Reading the files is detail (formats, field names, the authors' verl rows): fetch, read_rows, problem_and_gold and
+# gold_answer sit in an appendix. load_problems says what a usable row is.
 
 def load_problems(path):
-    """Rows of a .jsonl (one object a line) or .json (a list) file -> [{"problem", "answer"}].
-    A row without a usable problem or answer is an error that names the file and line (row, for .json)."""
+    """A .jsonl, .json or .parquet file (local or hf://) -> [{"problem": str, "answer": str or [str, ...]}].
+    A problem that already ends with PROMPT_SUFFIX (verl files) loses it, so it is never added twice. Rows with an
+    empty answer are dropped (as the authors do) and counted; any other bad row is a UserError naming file and row."""
     path = fetch(str(path))
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        rows = [(f"row {i + 1}", r) for i, r in enumerate(json.loads(text))]
-    else:
-        rows = []
-        for i, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    rows.append((f"line {i + 1}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
-    problems = []
-    for where, row in rows:
+    problems, n_empty = [], 0
+    for where, row in read_rows(path):
+        where = f"{path}: {where}"
         if not isinstance(row, dict):
-            raise ValueError(f"{path}: {where}: expected a JSON object, got {type(row).__name__}")
-        problem = next((row[k] for k in PROBLEM_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
-        answer = next((str(row[k]) for k in ANSWER_KEYS if row.get(k) not in (None, "") and str(row[k]).strip()), None)
-        if problem is None or answer is None:
-            missing = "problem (or question)" if problem is None else "answer (or final_answer/solution)"
-            raise ValueError(f"{path}: {where}: missing or empty field '{missing}'")
-        problems.append({"problem": problem, "answer": answer})
+            raise UserError(f"{where}: expected a JSON object {{\"problem\": ..., \"answer\": ...}}, "
+                            f"got {json_kind(row)}")
+        problem, pk, answer, ak = problem_and_gold(row, where)
+        if not isinstance(problem, str) or not problem.strip():
+            got = "an empty string" if isinstance(problem, str) else f"a {json_kind(problem)}"
+            raise UserError(f"{where}: field '{pk}' must be a non-empty string, got {got}")
+        if problem.rstrip().endswith(PROMPT_SUFFIX):  # problem + " " + suffix -> problem
+            problem = problem.rstrip()[:-len(PROMPT_SUFFIX)].rstrip()
+        gold = gold_answer(answer, f"{where}: field '{ak}'")
+        if not gold:
+            n_empty += 1
+            continue
+        problems.append({"problem": problem, "answer": gold})
+    if n_empty:
+        print(f"{path}: dropped {n_empty} row(s) with an empty answer")
     if not problems:
-        raise ValueError(f"{path}: no rows")
+        raise UserError(f"{path}: no rows" + (f" with an answer ({n_empty} empty)" if n_empty else " (empty file)"))
     return problems
 
 def prompt_ids(tokenizer, problem):
@@ -156,10 +154,20 @@ def prompt_ids(tokenizer, problem):
     return tokenizer(text, add_special_tokens=False).input_ids
 
 # ------------------------------------------------------------------------------------------------------------------
-# Reward: 1 if the last \boxed{} of the completion equals the gold answer, else 0 (no format reward)
-# reward(completion, gold) -> 1.0 or 0.0 is the only signal RL gets. Deciding "equals" for competition answers
-# (\frac12 vs 0.5, \{1,2\} vs \{2,1\}, x = 3 vs 3, units, intervals, ...) without ever running model text through
-# eval() takes a few hundred lines: they sit in the appendix at the end of this file.
+# Reward: 1 if the final \boxed{} answer of the completion equals the gold answer, else 0 (no format reward)
+# reward(completion, gold) -> 1.0 or 0.0 is the only signal RL gets. Its two helpers live in the last appendix:
+# final_answer() finds the last box (with boxes joined to it only by separators: "\boxed{3} and \boxed{-5}"), and
+# answers_equal() decides "means the same" for competition answers (\frac12 vs 0.5, \{1,2\} vs \{2,1\}, x = 3 vs 3,
+# units, intervals, ...) without ever running model text through eval(): that takes a few hundred lines.
+
+def reward(completion, gold):
+    """1.0 if the final boxed answer of the completion equals the gold answer (a string, or a list of accepted
+    answers: any one), else 0.0. A gold that is a worked solution gives its final boxed answer."""
+    try:
+        pred, golds = final_answer(completion), [gold] if isinstance(gold, str) else list(gold)
+        return float(pred is not None and any(answers_equal(pred, final_answer(g) or g) for g in golds))
+    except Exception:
+        return 0.0
 
 # ------------------------------------------------------------------------------------------------------------------
 # Co-generation: two models, two KV caches, one token stream
@@ -186,9 +194,9 @@ def junior_writes(schedule, p_senior):
     """Does the junior write any token? Always under step; under word/token unless p_senior is 1; never under solo."""
     return schedule == "step" or (schedule in ("word", "token") and p_senior < 1)
 
-def sample(logits, temperature, top_k=0, top_p=1.0):
+def sample(logits, temperature, top_k=0, top_p=1.0, u=None):
     """logits [b, V] -> ids [b]. Inverse-CDF sampling (cumsum + searchsorted) costs ~2 ms over Qwen's 151,936 ids
-    on a CPU where torch.multinomial costs ~32 ms. temperature 0 is greedy."""
+    on a CPU where torch.multinomial costs ~32 ms. temperature 0 is greedy. u [b, 1]: uniforms (drawn here if None)."""
     if temperature == 0:
         return logits.argmax(-1)
     logits, ids = logits.float() / temperature, None
@@ -200,7 +208,7 @@ def sample(logits, temperature, top_k=0, top_p=1.0):
             probs, ids = probs.sort(-1, descending=True)
         probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0)  # smallest prefix with mass >= top_p
     cdf = probs.cumsum(-1)                                             # [b, V]
-    u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]  # uniform in [0, total mass)
+    u = (torch.rand(cdf.shape[0], 1, device=cdf.device) if u is None else u) * cdf[:, -1:]  # in [0, mass)
     pick = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1).squeeze(1)
     return pick if ids is None else ids.gather(1, pick[:, None]).squeeze(1)
 
@@ -242,7 +250,7 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
     eos = torch.tensor(sorted(eos_ids), device=dev)
     word_start = word_start.to(dev) if word_start is not None else None
     step_end = step_end.to(dev) if step_end is not None else None
-    coin = lambda n: torch.rand(n, device=dev) < p_senior
+    coin = lambda: torch.rand(B, device=dev)[row] < p_senior  # drawn for all B rows: the static path's stream
 
     ids, attn = left_pad(prompts, pad_id, dev)                                # [B, P]
     pos = (attn.cumsum(1) - 1).clamp(min=0)                                    # position ids for left padding
@@ -255,7 +263,7 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
     length = torch.full((B,), max_new_tokens, device=dev)
     truncated = torch.ones(B, dtype=torch.bool, device=dev)
     row = torch.arange(B, device=dev)                   # original index of each still-running row
-    senior_turn = coin(B) if schedule in ("word", "token") else torch.ones(B, dtype=torch.bool, device=dev)
+    senior_turn = coin() if schedule in ("word", "token") else torch.ones(B, dtype=torch.bool, device=dev)
     gap = torch.zeros(B, dtype=torch.long, device=dev)  # tokens since the last redraw (word schedule)
     turns = torch.ones(B, dtype=torch.long, device=dev)  # turns so far (step schedule)
     after_newline = torch.zeros(B, dtype=torch.bool, device=dev)  # this turn's last token ended with '\n' (step)
@@ -265,16 +273,17 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
         for m, h, who in zip(models, hid, (senior_turn, ~senior_turn)):
             if who.any():
                 logits[who] = m.get_output_embeddings()(h[who])[:, :n_vocab].float()
-        tok = sample(logits, temperature, top_k, top_p)                       # [b]
+        u = torch.rand(B, 1, device=dev)[row] if temperature else None        # [b, 1]
+        tok = sample(logits, temperature, top_k, top_p, u)                    # [b]
         tokens[row, t], by_senior[row, t] = tok, senior_turn
         # 2. who writes the next token
         if schedule == "word":
             gap += 1
             redraw = word_start[tok] | (gap >= max_gap)
-            senior_turn = torch.where(redraw, coin(len(row)), senior_turn)
+            senior_turn = torch.where(redraw, coin(), senior_turn)
             gap = torch.where(redraw, 0, gap)
         elif schedule == "token":
-            senior_turn = coin(len(row))
+            senior_turn = coin()
         elif schedule == "step":
             swap = step_end[tok, 0] | (step_end[tok, 1] & after_newline)   # a blank line ends the turn
             after_newline = step_end[tok, 2] & ~swap
@@ -358,8 +367,8 @@ def grpo_loss(logp, old_logp, adv, n_tokens, clip_low=0.2, clip_high=0.2, ref_lo
 # One training step: rollouts -> rewards -> advantages -> two clipped-loss updates
 
 def autocast(device):
-    """bf16 matmuls on CUDA over float32 master weights; plain float32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    """bf16 matmuls on CUDA over float32 master weights; plain float32 on CPU (and under FSDP2, which casts itself)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not FSDP_CASTS else nullcontext()
 
 def pack(rollouts, pad_id, device):
     """Rollouts -> ids, attn [b, P+T] (prompts left-padded to P, responses right-padded to T), P, senior [b, T]."""
@@ -381,12 +390,12 @@ def rollout(senior, junior, tok, problems, args, word_start, step_end):
         jobs += [(p, ids)] * args.group_size
     for i in range(0, len(jobs), args.gen_batch):
         chunk = jobs[i:i + args.gen_batch]
+        generate = static_generate if args.compile else tandem_generate  # --compile: see its appendix
         with autocast(dev):
-            gen = tandem_generate(senior, junior, [ids for _, ids in chunk], eos_ids=eos_ids(tok, senior),
-                                  pad_id=tok.pad_token_id, n_vocab=len(tok), word_start=word_start,
-                                  step_end=step_end, schedule=args.schedule, p_senior=args.p_senior,
-                                  max_gap=args.max_gap, max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature)
+            gen = generate(senior, junior, [ids for _, ids in chunk], eos_ids=eos_ids(tok, senior),
+                           pad_id=tok.pad_token_id, n_vocab=len(tok), word_start=word_start,
+                           step_end=step_end, schedule=args.schedule, p_senior=args.p_senior,
+                           max_gap=args.max_gap, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
         for j, (p, ids) in enumerate(chunk):
             n = int(gen["mask"][j].sum())
             resp, by_senior = gen["tokens"][j, :n].tolist(), gen["senior"][j, :n].tolist()
@@ -420,11 +429,12 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
                 lp = response_logprobs(junior, ids, attn, P, weight > 0, n_vocab, args.temperature)
                 ref.update(zip(rows, lp.split(counted_per_row)))
     senior.train()  # gradient checkpointing is active in train mode only
+    update_mode([senior, junior], True)  # FSDP2: gather each layer for its forward/backward only (appendix)
     stats = dict(loss=0.0, clip_frac=0.0, grad_norm=0.0, skipped=0)
-    mb = args.mini_batch_prompts * args.group_size
+    mb = args.mini_batch_prompts // world() * args.group_size  # this rank's share of a mini-batch's rollouts
     for start in range(0, len(idx), mb):
         rows_mb = idx[start:start + mb]
-        n_tokens = max(1e-8, sum(1.0 if s else w_junior for i in rows_mb for s in rollouts[i]["senior"]))
+        n_tokens = max(1e-8, all_sum(sum(1.0 if s else w_junior for i in rows_mb for s in rollouts[i]["senior"])))
         for rows in micro(rows_mb):
             ids, attn, P, weight = batch(rows)
             cat = lambda d: torch.cat([d[i] for i in rows]).to(dev)
@@ -439,6 +449,7 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
                 ratio = torch.exp(lp - cat(old))
                 clipped = (ratio < 1 - args.clip_low) | (ratio > 1 + args.clip_high)
                 stats["clip_frac"] += (clipped * weight[weight > 0]).sum().item() / n_tokens
+        sum_grads(senior)  # N ranks without FSDP2: add their gradients up (appendix)
         norm = torch.nn.utils.clip_grad_norm_(senior.parameters(), args.grad_clip)
         finite = bool(torch.isfinite(norm))
         if finite:  # a NaN/inf gradient never reaches the weights: the update is skipped (verl's rule)
@@ -451,8 +462,9 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
             raise UserError("3 updates in a row had a non-finite gradient norm; stopping (the weights are "
                             "untouched since the last good update): lower --lr or check the data")
     senior.eval()
+    update_mode([senior, junior], False)  # FSDP2: gather the whole senior once for the next rollouts
     n_updates = math.ceil(len(idx) / mb)
-    return dict(loss=stats["loss"] / n_updates, clip_frac=stats["clip_frac"] / n_updates,
+    return dict(loss=all_sum(stats["loss"]) / n_updates, clip_frac=all_sum(stats["clip_frac"]) / n_updates,
                 grad_norm=stats["grad_norm"] / max(1, n_updates - stats["skipped"]), skipped=stats["skipped"],
                 skipped_in_a_row=skipped_in_a_row)
 
@@ -483,43 +495,6 @@ def show_rollout(tok, problem, r, color):
         parts.append(text if by_senior else f"\033[36m{text}\033[0m" if color else f"[[{text}]]")
     return (f"--- problem: {problem['problem']}\n{''.join(parts)}\n--- reward {r['reward']:.0f} (gold "
             f"{problem['answer']}); the junior wrote the {'cyan' if color else '[[bracketed]]'} text")
-
-# ------------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary folder, fsynced, renamed into place (atomic); `latest` names the newest
-
-def save_checkpoint(out, step, senior, tok, opt):
-    if not all(torch.isfinite(p).all() for p in senior.parameters()):
-        raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
-    final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    senior.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
-               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    torch.save(dict(step=step, optimizer=opt.state_dict(), rng=rng), tmp / "trainer.pt")
-    for f in [*tmp.iterdir(), tmp]:
-        fsync(f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_atomic(out / "latest", final.name)
-    for old in out.glob("step_*/trainer.pt"):  # only the newest checkpoint keeps the (large) optimizer state
-        if old.parent != final:
-            old.unlink()
-
-def load_checkpoint(out, senior, opt):
-    """Restore the newest checkpoint in `out` (weights, AdamW state, RNG states) -> its step; 0 when there is none."""
-    if not (out / "latest").exists():
-        return 0
-    folder = out / (out / "latest").read_text().strip()
-    state = torch.load(folder / "trainer.pt", weights_only=False)
-    senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
-    opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    print(f"resumed from {folder} (step {state['step']})")
-    return state["step"]
 
 # ------------------------------------------------------------------------------------------------------------------
 # Helpers shared with eval.py
@@ -574,6 +549,7 @@ def main(args):
         torch.set_num_threads(args.threads)  # a tiny model runs 3-4x faster on one thread than on two busy ones
     if args.memory_report:
         return memory_report(args)
+    start_ranks(args)  # under torchrun: one process a GPU (appendix)
     if not args.data:
         raise UserError("--data is required (or --demo)")
     out = Path(args.out)
@@ -599,39 +575,42 @@ def main(args):
     junior = load_model(args.junior or args.model, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
                         trainable=False) if need_junior else None
     senior.activation_checkpointing_enable({"use_reentrant": False})     # active in train mode only
+    distribute(senior, junior, args)  # N ranks: FSDP2 shards the senior (appendix)
     opt = torch.optim.AdamW(senior.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             fused=dev.type == "cuda")
     word_start = word_start_mask(tok)
     step_end = step_end_mask(tok) if args.schedule == "step" else None
     if args.demo:  # measured on the base model, before any checkpoint is loaded
         test = load_problems(DEMO_DIR / "test.jsonl")
-        before = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+        before = split_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
-    start = load_checkpoint(out, senior, opt)
-    if args.resume:  # forget what was logged after the checkpoint: those steps are redone
+    start = load_checkpoint(out, senior, opt)  # weights, AdamW and RNG states of `latest`, if any (appendix)
+    if args.resume and rank() == 0:  # forget what was logged after the checkpoint: those steps are redone
         if not start:
             print(f"--resume: no checkpoint in {out} yet, starting from step 0")
         write_atomic(out / "metrics.jsonl", metrics_upto(out / "metrics.jsonl", start))
     log, skipped_in_a_row, step = open(out / "metrics.jsonl", "a"), 0, start
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train")
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", disable=rank() > 0)
     try:
         for step in bar:
             t_step = time.time()
             batch = [problems[i] for i in problems_for_step(len(problems), step, args.prompts_per_step, args.seed)]
+            batch = batch[rank()::world()]  # N ranks: dealt by whole groups, each rank a share of every mini-batch
             park(opt, junior, "rollout", args)
             rollouts = rollout(senior, junior, tok, batch, args, word_start, step_end)
             t_gen = time.time() - t_step
             park(opt, junior, "update", args)
-            m = dict(step=step + 1, **rollout_metrics(rollouts, args.group_size),
+            m = dict(step=step + 1, **rollout_metrics(all_rollouts(rollouts), args.group_size),
                      **train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row))
             skipped_in_a_row = m.pop("skipped_in_a_row")
             if val and args.val_every and ((step + 1) % args.val_every == 0 or step + 1 == args.steps):
-                m["val_solo"] = solo_accuracy(senior, tok, val, max_new_tokens=args.max_new_tokens, seed=args.seed)
+                m["val_solo"] = split_accuracy(senior, tok, val, max_new_tokens=args.max_new_tokens, seed=args.seed)
             m.update(gen_s=t_gen, step_s=time.time() - t_step)
-            log.write(json.dumps(m) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
+            if rank() == 0:  # one log (its numbers are already over all ranks)
+                log.write(json.dumps(m) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
             bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['resp_len']:.0f}",
                             **({"val": f"{m['val_solo']:.3f}"} if "val_solo" in m else {}))
             if args.log_every and (step + 1) % args.log_every == 0:
@@ -639,12 +618,12 @@ def main(args):
             if args.show_every and (step == start or (step + 1) % args.show_every == 0):
                 tqdm.write(show_rollout(tok, batch[0], rollouts[0], color))
             if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
-                save_checkpoint(out, step + 1, senior, tok, opt)
+                save_checkpoint(out, step + 1, senior, tok, opt)  # weights, AdamW, RNG states: atomic (appendix)
     except KeyboardInterrupt:  # Ctrl-C: stop at once (no save), say where the run is and how to go on
         bar.close()
         stop_hint(out, step + 1)
     if args.demo:
-        after = solo_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
+        after = split_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
         print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
               f"(n={len(test)} held-out problems, {time.time() - t0:.0f} s); wrote {out}/ (metrics.jsonl, "
               f"{(out / 'latest').read_text().strip()}/)")
@@ -658,11 +637,12 @@ def park(opt, junior, phase, args):
     if args.device != "cuda":
         return
     dev = "cpu" if phase == "rollout" else "cuda"
-    for state in opt.state.values():
+    for state in opt.state.values() if not args.fsdp else []:  # FSDP2 shards AdamW instead (1/N a rank)
         for k, v in state.items():
             if torch.is_tensor(v) and v.dim():
                 state[k] = v.to(dev, non_blocking=True)
-    if junior is not None and not args.kl_coef:
+    # --compile: the junior stays (the captured decode graph holds its weights' addresses)
+    if junior is not None and not args.kl_coef and not (args.fsdp and args.shard_junior) and not args.compile:
         junior.to("cuda" if phase == "rollout" else "cpu")
 
 def memory_report(args):
@@ -677,24 +657,30 @@ def memory_report(args):
     H, I, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
     hd = getattr(c, "head_dim", None) or H // c.num_attention_heads
     q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
-    n = L * (2 * H * q + 2 * H * kv + 3 * H * I + 2 * H + 2 * hd) + V * H * (1 if c.tie_word_embeddings else 2) + H
+    layer, root = 2 * H * q + 2 * H * kv + 3 * H * I + 2 * H + 2 * hd, V * H * (1 if c.tie_word_embeddings else 2) + H
+    n = L * layer + root
     S, tandem = args.max_prompt_tokens + args.max_new_tokens, junior_writes(args.schedule, args.p_senior)
     junior_rollout, junior_update = tandem or args.kl_coef > 0, args.kl_coef > 0  # as park() places it
     tok_mb = args.micro_batch * S                                   # tokens in one training micro-batch
+    kv_bytes = args.gen_batch * S * 2 * L * kv * 2 * (1 + tandem)   # both KV caches, full length
     rows = [("senior weights, float32 master copy", 4 * n, 4 * n),
             ("senior bf16 copy (autocast cache)", 2 * n, 0),
             ("senior gradients, float32", 0, 4 * n),
             ("AdamW moments, float32 (2 a weight)", 0, 8 * n),
-            ("junior weights, bf16", 2 * n * junior_rollout, 2 * n * junior_update),
-            (f"KV caches: {args.gen_batch} rollouts x {S} tokens x {1 + tandem} models, bf16",
-             args.gen_batch * S * 2 * L * kv * 2 * (1 + tandem), 0),
+            ("junior weights, bf16", 2 * n * junior_rollout, 2 * n * (junior_update or junior_rollout * args.compile)),
+            (f"KV caches: {args.gen_batch} rollouts x {S} tokens x {1 + tandem} models, "
+             f"{'kept' if args.compile else 'bf16'}",
+             kv_bytes, kv_bytes * args.compile),
             (f"prompt prefill, one layer's temporaries ({args.max_prompt_tokens}-token prompts)",
              args.gen_batch * args.max_prompt_tokens * (3 * I * 2 + 3 * H * 4), 0),
             (f"checkpointed layer inputs: {args.micro_batch} x {S} tokens x {L} layers, fp32", 0, L * tok_mb * H * 4),
             ("one layer recomputed in backward (+ its grads)", 0, 2 * tok_mb * (2 * (2 * q + 2 * kv) + 8 * I + 16 * H)),
             (f"logits chunk: {LOGITS_CHUNK} x {V} fp32 (logits, log-softmax, grad)", 0, 3 * LOGITS_CHUNK * V * 4)]
+    if args.nproc > 1:  # FSDP2 over --nproc ranks: the senior's and junior's rows change (appendix: more than one GPU)
+        rows = sharded_rows(args, n, root, layer, junior_rollout, junior_update) + rows[5:]
     gib = lambda b: f"{b / 2**30:8.1f}"
-    print(f"memory budget for {args.model}: {n / 1e9:.2f}B parameters, schedule {args.schedule}")
+    ranks = f", one of {args.nproc} ranks (FSDP2)" if args.nproc > 1 else ""
+    print(f"memory budget for {args.model}: {n / 1e9:.2f}B parameters, schedule {args.schedule}{ranks}")
     print(f"{'':62s}{'rollout':>8s}{'update':>8s}  GiB")
     for name, a, b in rows:
         print(f"  {name:60s}{gib(a)}{gib(b)}")
@@ -703,7 +689,450 @@ def memory_report(args):
     return peak
 
 # ------------------------------------------------------------------------------------------------------------------
-# Appendix: plumbing (files that survive a crash, one-line errors, --help; not part of the method)
+# Appendix: static-shape decode (--compile, for CUDA graphs; not part of the method)
+# tandem_generate changes shapes every step (both caches grow by one, finished rows leave the batch) and asks the
+# GPU a yes/no question per token (any row still running?), so Python issues each of a step's ~3,700 kernels one by
+# one for two 36-layer models: on a GPU that decode is bound by the CPU. static_generate writes the same tokens with
+# shapes that never change, so torch.compile(mode="reduce-overhead") can capture both models reading a token as one
+# CUDA graph and replay it every step (the output layers, sampling and the author rule stay eager: a few dozen small
+# kernels a step, none of which waits for the GPU):
+#   both KV caches are preallocated for L >= P + T positions (transformers' StaticCache): the attention mask is
+#       [B, L] from the first step, and the positions not yet written are hidden by the causal mask
+#   all B rows run every step; a finished row keeps decoding, but nothing it writes is recorded (live[b] False)
+#   both output layers run on all rows and each row keeps its author's logits; the coins and the sampler draw for
+#       all B rows, as tandem_generate does, so the two paths give the same tokens for the same seed
+#   "has every row ended?" is asked every `check_every` steps: no host<->device sync per token
+# Same arguments and returns as tandem_generate. It may draw up to check_every - 1 extra steps of random numbers
+# after the last row ends: the tokens are the same, the random stream after the call is not. On CUDA the caches are
+# kept between calls (emptied, not reallocated) and the junior is not parked (park), so the captured graph's
+# addresses stay valid: both stay on the GPU during updates (see --memory-report). On CPU nothing is compiled, and
+# the tests check that this path gives tandem_generate's tokens, authors and ends. Not yet measured on a GPU.
+
+STATIC = {}  # on CUDA, kept between calls: (model id, B) -> (L, its StaticCache); "read" -> compiled read_token
+
+def read_token(models, caches, tok, attn, pos):
+    """Every model reads one token per row: tok [B, 1], attn [B, L], pos [B, 1] -> [hidden [B, H] per model]."""
+    return [last_hidden(m, tok, attn, pos, c) for m, c in zip(models, caches)]
+
+def static_caches(models, B, L, keep):
+    """-> (one empty StaticCache per model, B rows x L' positions; L'). keep (CUDA): the caches are kept between calls
+    and only ever grow (a longer cache serves a shorter batch, masked), so the captured graph's addresses and shapes
+    settle after the first few calls."""
+    if not keep:
+        return [StaticCache(config=m.config, max_cache_len=L) for m in models], L
+    L = max([L] + [STATIC[id(m), B][0] for m in models if (id(m), B) in STATIC])
+    for m in models:
+        if STATIC.get((id(m), B), (0,))[0] < L:
+            STATIC.pop((id(m), B), None)  # free the shorter one first
+            STATIC[id(m), B] = (L, StaticCache(config=m.config, max_cache_len=L))
+        STATIC[id(m), B][1].reset()
+    return [STATIC[id(m), B][1] for m in models], L
+
+@torch.no_grad()
+def static_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_start=None, step_end=None,
+                    schedule="word", p_senior=0.5, max_gap=32, max_new_tokens=3000, max_turns=0,
+                    temperature=0.6, top_k=0, top_p=1.0, compile=None, check_every=16):
+    """tandem_generate with fixed shapes (see above). compile: capture the decode step with torch.compile
+    (default: on CUDA only)."""
+    dev, B, T = next(senior.parameters()).device, len(prompts), max_new_tokens
+    compile = dev.type == "cuda" if compile is None else compile
+    if junior is None or not junior_writes(schedule, p_senior):
+        junior, schedule = None, "solo"
+    models = [senior] if junior is None else [senior, junior]
+    heads = [m.get_output_embeddings() for m in models]
+    eos = torch.tensor(sorted(eos_ids), device=dev)
+    word_start = word_start.to(dev) if word_start is not None else None
+    step_end = step_end.to(dev) if step_end is not None else None
+    coin = lambda: torch.rand(B, device=dev) < p_senior
+    if compile and "read" not in STATIC:
+        STATIC["read"] = torch.compile(read_token, mode="reduce-overhead", fullgraph=True)
+    read = STATIC["read"] if compile else read_token
+
+    ids, attn = left_pad(prompts, pad_id, dev)                                # [B, P]
+    P = ids.shape[1]
+    L = -(-(P + T) // 256) * 256                                               # rounded up: fewer shapes to capture
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    caches, L = static_caches(models, B, L, keep=compile)
+    hid = [last_hidden(m, ids, attn, pos, c) for m, c in zip(models, caches)]  # the prompt, not captured: [B, H]
+    attn = torch.cat([attn, attn.new_ones(B, L - P)], 1)                       # [B, L], the same every step
+    pos = pos[:, -1:] + 1                                                      # [B, 1]
+
+    tokens = torch.full((B, T), pad_id, dtype=torch.long, device=dev)
+    by_senior = torch.zeros(B, T, dtype=torch.bool, device=dev)
+    length = torch.full((B,), T, device=dev)
+    truncated = torch.ones(B, dtype=torch.bool, device=dev)
+    live = torch.ones(B, dtype=torch.bool, device=dev)                        # rows still writing their response
+    senior_turn = coin() if schedule in ("word", "token") else torch.ones(B, dtype=torch.bool, device=dev)
+    gap = torch.zeros(B, dtype=torch.long, device=dev)
+    turns = torch.ones(B, dtype=torch.long, device=dev)
+    after_newline = torch.zeros(B, dtype=torch.bool, device=dev)
+    for t in range(T):
+        # 1. both output layers on every row; each row keeps its author's logits                [B, V]
+        logits = heads[0](hid[0])[:, :n_vocab].float()
+        if junior is not None:
+            logits = torch.where(senior_turn[:, None], logits, heads[1](hid[1])[:, :n_vocab].float())
+        u = torch.rand(B, 1, device=dev) if temperature else None
+        tok = sample(logits, temperature, top_k, top_p, u)                     # [B]
+        tokens[:, t] = torch.where(live, tok, pad_id)
+        by_senior[:, t] = senior_turn & live
+        # 2. who writes the next token: tandem_generate's rules, on every row
+        if schedule == "word":
+            gap += 1
+            redraw = word_start[tok] | (gap >= max_gap)
+            senior_turn = torch.where(redraw, coin(), senior_turn)
+            gap = torch.where(redraw, 0, gap)
+        elif schedule == "token":
+            senior_turn = coin()
+        elif schedule == "step":
+            swap = step_end[tok, 0] | (step_end[tok, 1] & after_newline)
+            after_newline = step_end[tok, 2] & ~swap
+            senior_turn, turns = senior_turn ^ swap, turns + swap.long()
+        # 3. rows that end here stop being recorded (they keep their place in the batch)
+        eos_hit = torch.isin(tok, eos) & live
+        done = eos_hit | ((turns > max_turns) & live if max_turns else False)
+        truncated &= ~eos_hit
+        length = torch.where(done, t + 1, length)
+        live &= ~done
+        if t == T - 1 or ((t + 1) % check_every == 0 and not live.any()):     # the only host sync
+            break
+        # 4. both models read the token: one graph replay when compiled
+        hid = read(models, caches, tok[:, None], attn, pos)
+        pos = pos + 1
+    mask = torch.arange(T, device=dev)[None] < length[:, None]
+    T = int(length.max())
+    return dict(tokens=tokens[:, :T].masked_fill(~mask[:, :T], pad_id), senior=by_senior[:, :T] & mask[:, :T],
+                mask=mask[:, :T], truncated=truncated)
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: more than one GPU (torchrun, FSDP2; not part of the method)
+# `torchrun --nproc_per_node N tandem_grpo.py ...` starts N processes (ranks), one a GPU. Each step's prompts are
+# dealt to the ranks by whole groups (batch[rank::N]); each rank co-writes and grades its own rollouts with its own
+# junior. The token-mean's denominator is summed over the ranks before any backward, so the ranks' gradients add up
+# to exactly the gradient of one process holding every rollout. With --fsdp (the default on N > 1 ranks) FSDP2
+# shards the senior's float32 weights, gradients and AdamW state over the ranks: each decoder layer is one group,
+# the root (embeddings, final norm, output layer) another. In updates a group is gathered for its forward and
+# backward and freed after; between updates (rollouts, validation) the whole senior is gathered once and kept, so
+# no collective runs per token and the ranks may decode different lengths. Without --fsdp every rank holds the whole
+# senior and the gradients are summed by one all-reduce (plain data parallelism). One process: none of this runs.
+import warnings
+from datetime import timedelta
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from transformers.utils import logging as hf_logging
+
+FSDP_CASTS = False  # True once FSDP2 runs the senior in bf16 on CUDA by its own policy: autocast() then stays off
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+def start_ranks(args):
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, gloo on CPU) with a timeout, so a rank
+    that stopped takes the job down instead of hanging it; one GPU a rank; only rank 0 prints."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        args.fsdp = False  # one process: nothing to shard
+        return
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=args.timeout))
+    if args.mini_batch_prompts % world():
+        raise UserError(f"--mini-batch-prompts {args.mini_batch_prompts} must be a multiple of the {world()} ranks "
+                        "(each rank takes an equal share of every mini-batch)")
+    args.fsdp = True if args.fsdp is None else args.fsdp
+    if rank():
+        sys.stdout = open(os.devnull, "w")
+        hf_logging.disable_progress_bar()
+
+def rank_failed(e):
+    """N ranks: one line naming the rank that failed, before its traceback (torchrun then stops the other ranks;
+    a rank left waiting for it gives up after --timeout)."""
+    if world() > 1:
+        print(f"error: rank {rank()} of {world()} failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
+              f"{' (it waited longer than --timeout for another rank)' if 'timed out' in str(e).lower() else ''}",
+              file=sys.stderr)
+
+def stop_ranks():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+def all_sum(x):
+    """A number summed over the ranks (float64; itself on one process)."""
+    if world() == 1:
+        return x
+    t = torch.tensor(float(x), dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return t.item()
+
+def all_rollouts(rollouts):
+    """Every rank's rollouts, in rank order (for metrics: the same numbers one process would log)."""
+    if world() == 1:
+        return rollouts
+    out = [None] * world()
+    dist.all_gather_object(out, rollouts)
+    return [r for part in out for r in part]
+
+def sum_grads(senior):
+    """Without FSDP2 on N ranks: add the ranks' gradients up (each is a share of the same token-mean)."""
+    if world() > 1 and not isinstance(senior, FSDPModule):
+        for p in senior.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+
+def split_accuracy(model, tok, problems, **kw):
+    """solo_accuracy over all ranks: each rank answers every N-th problem, the mean is over all of them."""
+    update_mode([model], False)  # gathered by every rank, also one left without a problem
+    mine = problems[rank()::world()]
+    return all_sum(solo_accuracy(model, tok, mine, **kw) * len(mine) if mine else 0.0) / len(problems)
+
+def shard(model, args):
+    """FSDP2 in place: one group per decoder layer, then the root. bf16 compute and float32 master weights and
+    gradient reduction on CUDA (FSDP2's MixedPrecisionPolicy instead of autocast); float32 throughout on CPU, like
+    one process there. Gradients are summed over the ranks, not averaged: the token-mean already divides by every
+    rank's tokens."""
+    global FSDP_CASTS
+    cuda = args.device.startswith("cuda")
+    FSDP_CASTS = FSDP_CASTS or cuda
+    mesh = init_device_mesh("cuda" if cuda else "cpu", (world(),))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if cuda else None, reduce_dtype=torch.float32)
+    for layer in model.get_decoder().layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
+    for name in ("get_decoder", "get_output_embeddings"):  # the story calls these, never model(...): the root's
+        register_fsdp_forward_method(model, name)          # parameters are gathered when they are fetched
+    model.get_decoder()  # FSDP2 takes the first module that runs as its root: make that the whole model
+    model.reshard()  # the optimizer must be built on the shards; the first forward gathers each group and keeps it
+    model.set_reshard_after_forward(False)
+
+def distribute(senior, junior, args):
+    """N ranks: shard the senior (and with --shard-junior the junior) with --fsdp; then each rank draws its own
+    random stream (its own coins and samples)."""
+    if world() == 1:
+        return
+    if args.fsdp:
+        shard(senior, args)
+        if junior is not None and args.shard_junior:
+            shard(junior, args)
+    torch.manual_seed(args.seed + 1_000_003 * rank())
+    dist.barrier()  # every rank has checked --out before rank 0 writes to it
+
+def update_mode(models, update):
+    """FSDP2 has two modes here. Updates: each layer is gathered for its forward and for its backward, then freed;
+    the root stays gathered through a micro-batch (its output layer runs chunk by chunk) and is freed after the
+    backward. Otherwise: every group gathered once (one all-gather a step) and kept until the next update."""
+    for model in models:
+        if isinstance(model, FSDPModule):
+            model.set_reshard_after_forward(update)
+            model.set_reshard_after_forward(False, recurse=False)
+            for m in model.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard() if update else m.unshard()
+
+def sharded_rows(args, n, root, layer, junior_rollout, junior_update):
+    """memory_report's first rows for one of N ranks under FSDP2 (bytes; rollout, update). Rollouts hold the whole
+    senior gathered in bf16 beside the float32 shards; AdamW is not parked (it is 1/N). Updates gather the root and
+    two layers (one computing, one prefetched) and hold one group's unsharded gradient (bf16, and float32 for the
+    reduce-scatter); the rest is 1/N."""
+    N = args.nproc
+    junior_update = 2 * n / N * junior_rollout if args.shard_junior else 2 * n * junior_update
+    return [(f"senior weights, float32 master copy, 1/{N}", 4 * n / N, 4 * n / N),
+            ("senior in bf16: whole (rollout), root + 2 layers (update)", 2 * n, 2 * (root + 2 * layer)),
+            (f"senior gradients, float32, 1/{N} + one group unsharded", 0, 4 * n / N + 6 * max(root, layer)),
+            (f"AdamW moments, float32 (2 a weight), 1/{N}", 8 * n / N, 8 * n / N),
+            ("junior weights, bf16" + (f" (1/{N} in updates)" if args.shard_junior else ""),
+             2 * n * junior_rollout, junior_update)]
+
+def save_checkpoint_ranks(out, step, senior, tok, opt):
+    """save_checkpoint on N ranks, the same folder: rank 0 writes the whole weights (gathered to its CPU), the
+    tokenizer and trainer.pt (step, rank 0's random state); every rank writes its part of AdamW's state to optim/
+    with torch.distributed.checkpoint, which any number of ranks (one included) reads back."""
+    update_mode([senior], True)  # state dicts are taken from the shards
+    full = get_model_state_dict(senior, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # {}: rank>0
+    if all_sum(not all(torch.isfinite(v).all() for v in full.values())):
+        raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
+    final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
+    if rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        senior.save_pretrained(tmp, state_dict=full)
+        tok.save_pretrained(tmp)
+        rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                   cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        torch.save(dict(step=step, optimizer=None, rng=rng), tmp / "trainer.pt")  # AdamW: in optim/
+    dist.barrier()
+    dcp.save(get_optimizer_state_dict(senior, opt), checkpoint_id=tmp / "optim")  # fsynced by its writer
+    dist.barrier()
+    if rank() == 0:
+        for f in [*tmp.iterdir(), tmp]:
+            fsync(f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        write_atomic(out / "latest", final.name)
+        for old in [*out.glob("step_*/trainer.pt"), *out.glob("step_*/optim")]:  # only the newest keeps AdamW
+            if old.parent != final:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+    dist.barrier()
+    update_mode([senior], False)  # taking the state dicts resharded the senior: gather it again for rollouts
+
+def load_checkpoint_ranks(folder, senior, opt):
+    """load_checkpoint for a checkpoint written by N ranks, or read by them (from one rank's checkpoint too)."""
+    state = torch.load(folder / "trainer.pt", weights_only=False, mmap=True)
+    update_mode([senior], True)  # state dicts are loaded into the shards
+    full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict() if rank() == 0 else {}
+    set_model_state_dict(senior, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=world() > 1))
+    if state["optimizer"] is None:  # written by N ranks: each rank reads its part, resharded to this many ranks
+        optim = get_optimizer_state_dict(senior, opt)
+        with warnings.catch_warnings():  # one process reading N ranks' files: DCP would warn it has no group
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(optim, checkpoint_id=folder / "optim", no_dist=world() == 1)
+        set_optimizer_state_dict(senior, opt, optim)
+    else:  # written by one process: AdamW's state by parameter index; name the entries, each rank takes its part
+        names, optim = [n for n, _ in senior.named_parameters()], state["optimizer"]
+        optim = dict(state={names[i]: s for i, s in optim["state"].items()},
+                     param_groups=[dict(g, params=[names[i] for i in g["params"]]) for g in optim["param_groups"]])
+        set_optimizer_state_dict(senior, opt, optim, options=StateDictOptions(full_state_dict=True))
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    if rank():  # rank 0 continues its random stream; the others draw new ones
+        torch.manual_seed(state["step"] * 1_000_003 + rank())
+    update_mode([senior], False)
+    print(f"resumed from {folder} (step {state['step']})")
+    return state["step"]
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: data files (.jsonl, .json, .parquet; field names; the authors' verl rows; one-line errors)
+
+# Field names, first match wins. verl rows (the authors' parquet files) are read separately: see problem_and_gold.
+PROBLEM_KEYS, ANSWER_KEYS = ("problem", "question"), ("answer", "final_answer", "solution")
+
+def fetch(path):
+    """A local path, or hf://datasets/OWNER/NAME/FILE fetched once with huggingface_hub (into its cache)."""
+    if not path.startswith("hf://"):
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+        return Path(path)
+    parts = path[len("hf://"):].split("/")
+    if len(parts) < 4 or parts[0] != "datasets":
+        raise UserError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
+    from huggingface_hub import hf_hub_download
+    try:
+        return Path(hf_hub_download("/".join(parts[1:3]), "/".join(parts[3:]), repo_type="dataset"))
+    except OSError as e:  # no network, no such repository or file (huggingface_hub's errors are OSErrors)
+        raise UserError(f"--data {path}: cannot fetch it ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+
+def json_kind(v):
+    return {"dict": "object", "str": "string", "int": "number", "float": "number", "NoneType": "null"}.get(
+        type(v).__name__, type(v).__name__)
+
+def read_rows(path):
+    """-> [(where, row)]: .jsonl one JSON value a line ("line N"), .json one list ("row N"; JSON lines accepted
+    too), .parquet one table ("row N", needs pyarrow)."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError(f"{path}: reading .parquet needs pyarrow: pip install pyarrow") from None
+        return [(f"row {i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text) if text.strip() else []
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":  # "Extra data": several values, i.e. JSON lines in a .json file
+                raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        else:
+            if not isinstance(data, list):
+                raise UserError(f"{path}: holds a JSON {json_kind(data)}; expected a list of rows [{{...}}, ...] "
+                                f"(or one row a line, .jsonl)")
+            return [(f"row {i + 1}", r) for i, r in enumerate(data)]
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append((f"line {i + 1}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {i + 1}: not valid JSON ({e.msg})") from None
+    return rows
+
+def gold_answer(value, where):
+    """An answer field -> the gold: a string, or a list of accepted strings (OlympiadBench, Minerva); GSM8K's worked
+    answers keep what follows the last '####'; '' or [] when empty."""
+    if isinstance(value, list) and not any(isinstance(v, (list, dict)) for v in value):
+        return [a for a in (gold_answer(v, where) for v in value) if a]
+    if value is not None and not isinstance(value, (str, int, float)):
+        raise UserError(f"{where}: expected a string, a number or a list of them, got {json_kind(value)}")
+    return "" if value is None else str(value).rsplit("####", 1)[-1].strip()
+
+def problem_and_gold(row, where):
+    """-> (problem, its field, answer, its field). verl's layout (the authors' files): prompt = [{"role": "user",
+    "content": problem + " " + PROMPT_SUFFIX}], reward_model = {"ground_truth": answer}; else the first key present."""
+    if isinstance(row.get("prompt"), list) and isinstance(row.get("reward_model"), dict):
+        user = [m for m in row["prompt"] if isinstance(m, dict) and m.get("role") == "user"]
+        if not user or "ground_truth" not in row["reward_model"]:
+            raise UserError(f"{where}: verl row without a user message in 'prompt' or 'reward_model.ground_truth'")
+        return user[-1].get("content"), "prompt", row["reward_model"]["ground_truth"], "reward_model.ground_truth"
+    pk = next((k for k in PROBLEM_KEYS if k in row), None)
+    ak = next((k for k in ANSWER_KEYS if k in row), None)
+    if pk is None or ak is None:
+        missing = "'problem' (or 'question')" if pk is None else "'answer' (or 'final_answer', 'solution')"
+        raise UserError(f"{where}: missing field {missing}")
+    return row[pk], pk, row[ak], ak
+
+# ------------------------------------------------------------------------------------------------------------------
+# Appendix: checkpoints and plumbing (files that survive a crash, one-line errors, --help; not the method)
+# A checkpoint is written to a temporary folder, fsynced, then renamed into place (atomic); `latest` names the newest.
+
+def save_checkpoint(out, step, senior, tok, opt):
+    if world() > 1:  # torchrun: the same folder, written by all ranks together (appendix)
+        return save_checkpoint_ranks(out, step, senior, tok, opt)
+    if not all(torch.isfinite(p).all() for p in senior.parameters()):
+        raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
+    final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    senior.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
+               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    torch.save(dict(step=step, optimizer=opt.state_dict(), rng=rng), tmp / "trainer.pt")
+    for f in [*tmp.iterdir(), tmp]:
+        fsync(f)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_atomic(out / "latest", final.name)
+    for old in out.glob("step_*/trainer.pt"):  # only the newest checkpoint keeps the (large) optimizer state
+        if old.parent != final:
+            old.unlink()
+
+def load_checkpoint(out, senior, opt):
+    """Restore the newest checkpoint in `out` (weights, AdamW state, RNG states) -> its step; 0 when there is none."""
+    if not (out / "latest").exists():
+        return 0
+    folder = out / (out / "latest").read_text().strip()
+    if world() > 1 or (folder / "optim").exists():  # read by, or written by, N ranks (appendix)
+        return load_checkpoint_ranks(folder, senior, opt)
+    state = torch.load(folder / "trainer.pt", weights_only=False)
+    senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    print(f"resumed from {folder} (step {state['step']})")
+    return state["step"]
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """--help keeps the docstring's layout and shows every default."""
@@ -716,13 +1145,13 @@ def check_args(p, args):
             ("p-senior", 0 <= args.p_senior <= 1, "in [0, 1]"),
             ("clip-low", 0 <= args.clip_low < 1, "in [0, 1)"), ("clip-high", args.clip_high >= 0, ">= 0"),
             ("clip-c", args.clip_c == 0 or args.clip_c > 1, "0 (off) or > 1"),
-            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"),
+            ("lr", args.lr > 0, "> 0"), ("grad-clip", args.grad_clip > 0, "> 0"), ("timeout", args.timeout > 0, "> 0"),
             ("max-gap", args.max_gap >= 1, ">= 1"),
             ("kl-coef", args.kl_coef >= 0, ">= 0"), ("junior-token-weight", args.junior_token_weight >= 0, ">= 0"),
             ("length-penalty", 0 <= args.length_penalty <= 1, "in [0, 1]"),
             *[(n.replace("_", "-"), getattr(args, n) >= 1, ">= 1") for n in (
                 "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
-                "max_prompt_tokens")],
+                "max_prompt_tokens", "nproc")],
             *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
                 "save_every", "val_size", "val_every", "log_every", "show_every", "threads")]]:
         if not ok:
@@ -731,6 +1160,8 @@ def check_args(p, args):
         p.error("--prompts-per-step must be a multiple of --mini-batch-prompts")
     if Path(args.out).is_file():
         p.error(f"--out {args.out} is a file; it must be a folder")
+    if args.compile and (args.fsdp or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        p.error("--compile is for one process: it has not been tried with FSDP2 or under torchrun")
 
 def fsync(path):
     """Flush a file (or a folder's entry list) to the disk, so a rename after it cannot expose a torn file."""
@@ -787,20 +1218,25 @@ def stop_hint(out, step):
     """After Ctrl-C: the step reached, the last checkpoint and the command that resumes; exit code 130."""
     last = out / (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
     argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
-    print(f"\ninterrupted during step {step}; last checkpoint: {last}\n"
-          f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
+    if rank() == 0:  # N ranks: one hint (the command resumes on one process; under torchrun, on any number)
+        print(f"\ninterrupted during step {step}; last checkpoint: {last}\n"
+              f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
     sys.exit(130)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
-# reward(completion, gold) is 1.0 when the last \boxed{} answer of the completion means the same as the gold answer,
-# else 0.0. Model text never reaches eval(): a whitelist tokenizer and a small recursive-descent parser build sympy
-# objects directly, every size that makes sympy slow is capped before building, and equality is decided by exact
-# rationals, sympy's canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
+# reward(completion, gold) is 1.0 when the final \boxed{} answer of the completion (its last box, with the boxes
+# joined to it by separators) means the same as the gold answer (or one of a list of them), else 0.0. Model text
+# never reaches eval(): a whitelist tokenizer and a small recursive-descent parser build sympy objects directly,
+# every size that makes sympy slow is capped before building, and equality is decided by exact rationals, sympy's
+# canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
 # Policies (percent, units, tolerance, lists vs tuples, ...) are listed in README.md.
+# Pipeline: extraction (final_answer) -> normalisation (_normalize) -> parser (_Parser, _parse) -> equality (_equal).
 
 MAX_ANSWER = 1000        # longer answers are only compared as plain strings
 MAX_BOX_SCAN = 10_000    # a \boxed{ not closed within this many chars is no answer
+MAX_BOXES = 50           # boxes joined into one answer
+MAX_TERMS = 1000         # a \sum or \prod with numeric bounds is evaluated up to this many terms
 MAX_DEPTH = 40           # parser nesting depth
 MAX_BITS = 100_000       # largest exact rational we build (~30k digits)
 MAX_ROOT_BITS = 512      # sympy factors radicands and function arguments: keep them small
@@ -821,46 +1257,69 @@ def _check(ok, why="unsupported"):
 def _tick(deadline):
     _check(time.monotonic() < deadline, "out of time")
 
-# --- extraction --------------------------------------------------------------------------
-def last_boxed(text):
-    """Content of the last \\boxed{...} / \\fbox{...} (braces matched), or x in '\\boxed x'."""
-    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if i < 0:
-        return None
-    rest = text[i + (6 if text.startswith("\\boxed", i) else 5):][:MAX_BOX_SCAN]
-    m = re.match(r"\s*\{", rest)
+# --- extraction: the last box, with the boxes joined to it only by separators -------------------------
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BARE = re.compile(r"\\(?:boxed|fbox)[ \t]+([^\s$]+)")
+_BRACE = re.compile(r"\\[{}]|[{}]")  # \{ and \} are escaped braces, not grouping
+_GAP = re.compile(r"(?:\s|[,;.&$]|\\[()\[\]\\,;: !]|\\q?quad|\b(?:and|or)\b"  # the alternatives are disjoint,
+                  r"|\b(?!and\b|or\b)[a-zA-Z]+\s(?=\s*(?:and|or)\b)"         # so matching stays linear
+                  r"|\\text(?:rm|normal)?\s*\{(?:\s|[,;.]|\b(?:and|or|for|parts?)\b|\(\w\))*\}"
+                  r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*")  # commas, and/or, \quad, \text{ and }, labels "y_2 ="
+
+def _box_at(text, i):
+    """(content, end) of the box starting at text[i]; (None, i) when it is not closed within MAX_BOX_SCAN."""
+    m = _OPEN.match(text, i)
     if not m:  # "\boxed 5": the next run of non-space characters
-        m = re.match(r"[ \t]+([^\s$]+)", rest)
-        return m.group(1) if m else None
-    depth = 0
-    for b in re.finditer(r"[{}]", rest[m.end() - 1:]):
-        depth += 1 if b.group() == "{" else -1
+        m = _BARE.match(text, i)
+        return (m.group(1), m.end()) if m else (None, i)
+    depth = 1
+    for b in _BRACE.finditer(text, m.end(), m.end() + MAX_BOX_SCAN):
+        depth += {"{": 1, "}": -1}.get(b.group(), 0)
         if depth == 0:
-            return rest[m.end():m.end() - 1 + b.start()]
-    return None  # unclosed, e.g. a truncated completion
+            return text[m.end():b.start()], b.end()
+    return None, i
+
+def final_answer(text):
+    """The last box's content; with earlier boxes joined to it only by separators, all of them as a list
+    ('\\boxed{3} and \\boxed{-5}' is '3, -5'). No box, or an unclosed last one (truncated), is None."""
+    parts, i = [], len(text)
+    for j in reversed([m.start() for m in _BOX.finditer(text)][-MAX_BOXES:]):
+        c, end = _box_at(text, j)
+        if c is None or end > i or (parts and (i - end > 200 or not _GAP.fullmatch(text, end, i))):
+            break  # unclosed, nested, or a box from an earlier, separate step
+        parts, i = [c] + parts, j
+    return ", ".join(parts) if parts else None
 
 # --- normalisation: spellings that do not change the answer -----------------------------------
 _UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u00f7": "\\div ",
             "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ",
-            "\u00b0": "", "\u222a": "\\cup ", "\u00b1": "\\pm "}
+            "\u00b0": "", "\u222a": "\\cup ", "\u00b1": "\\pm ", "\u20ac": "", "\u2032": "'",
+            "\u00b2": "^2", "\u00b3": "^3"}
 _RULES = [(re.compile(p), r) for p, r in [
+    (r"(?<=\d)\s*(?:[kcdm]?m|ft|in)[\u00b2\u00b3]$", ""),         # a unit glyph: 1,000.99 m²
+    (r"\\\\(?=[a-zA-Z{}%$])", r"\\"),                             # a doubled backslash: \\dfrac is \dfrac
     (r"\\\$|\$", ""),                                             # $...$ and dollar signs
     (r"^\\[(\[]|\\[)\]]$", ""),                                   # \( ... \), \[ ... \]
+    (r"^\((\\begin\{([pb]?matrix)\}.*\\end\{\2\})\)$", r"\1"),    # a matrix in parentheses
+    (r"\*\*", "^"),                                               # Python's power: 3*s**2
     (r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])|\\(?:display|text)style", ""),
     (r"\\[dtc]frac", r"\\frac"),
     (r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}"),                 # \frac12
+    (r"(?<=\d),\\!\s*(?=\d{3}(?!\d))", ""),                       # 11,\!111,\!100 and 20,\!000
     (r"(?<!\\)\\!|\{,\}|(?<=\d)\\,(?=\d{3}(?!\d))", ""),          # \!, 10{,}000, 10\,000
-    (r"(?<!\\)\\[,;: ]|\\q?quad(?![a-zA-Z])|~", " "),             # spacing
+    (r"(?<!\\)\\[,;: ]|\\q?quad|~", " "),                         # spacing
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""),             # degrees dropped: 30^\circ == 30
-    (r"\\?%", ""),                                                # percent sign dropped: 50\% == 50
+    (r"\^\s*\{?\\prime\}?", "'"),                                 # f^{\prime} is f'
+    (r"\\?%", ""),                                                # percent sign dropped (see _readings)
     (r"\\emptyset|\\varnothing", r"\\{\\}"),
     (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),
-    (r"^\s*([a-zA-Z]\s*)?\\approx", r"\1="),                      # "x \approx 0.33" is x = 0.33
-    (r"(?<=\S)\s*\\approx.*$", ""),                               # "\frac13 \approx 0.33" is \frac13
+    (r"(^|,)\s*([a-zA-Z](?:_\{?\w+\}?)?)\s*\\approx", r"\1\2="),   # "x \approx 0.33" is x = 0.33
+    (r"(?<=\S)\s*\\approx[^,]*", ""),                             # "\frac13 \approx 0.33" is \frac13, per item
     # a trailing \text{ cm}, \mbox{ square units}^2 ... after a number is a unit
-    (r"(?<=[\w})])\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z\s.]*\}(?:\^\{?[23]\}?)?\s*$", ""),
-    (r"\\(?:text(?:bf|it|rm)?|mbox|math(?:rm|bf|it)|boldsymbol|operatorname)\s*\{([^{}]*)\}", r"\1"),
-    (r"\s+(?:and|or)\s+", ", "),                                  # "2 and 3" is a list
+    (r"(?<=[\w})])\s*\\(?:text(?:normal|rm)?|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z\s.]*\}(?:\^\{?[23]\}?)?\s*$", ""),
+    (r"\\(?:text(?:bf|it|rm|normal)?|mbox|math(?:rm|bf|it)|boldsymbol|operatorname)\s*\{([^{}]*)\}", r"\1"),
+    (r"(?:\s*,)?\s+(?:and|or)\s+|(?<=[)\]])\s*(?:and|or)\s*(?=[(\[])", ", "),  # "2, 3, and 4" is a list
     (r"(?<![\\a-zA-Z])(sqrt|pi|infty|sin|cos|tan|ln|log|exp)(?![a-zA-Z])", r"\\\1"),
     (r"(?<=[\d})])\s+(?:[a-zA-Z]{2,}\b\.?\s*)+(?:\^\{?[23]\}?)?$", ""),  # "5 square units"
     (r"^\s*=|[\s.,;]+$", ""),                                     # leading '=', trailing period
@@ -869,10 +1328,12 @@ _RULES = [(re.compile(p), r) for p, r in [
 
 def _normalize(s):
     s = " ".join(s.split())  # collapse whitespace first: keeps the rules below linear
+    for pat, rep in _RULES[:2] if "\\begin" not in s else _RULES[:1]:  # matrix rows end in \\
+        s = pat.sub(rep, s)
     for u, r in _UNICODE.items():
         s = s.replace(u, r)
     for _ in range(2):  # twice, for nested \text{\textbf{...}}
-        for pat, rep in _RULES:
+        for pat, rep in _RULES[2:]:
             s = pat.sub(rep, s.strip())
     if re.fullmatch(r"-?\d{1,3}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?", s):  # 10,000 and 10 000; not "32, 349"
         s = re.sub("[, ]", "", s)
@@ -880,7 +1341,7 @@ def _normalize(s):
 
 def _is_text(s):
     """Words (3+ letters, or an all-letter answer like 'no') are text, not a product like x*y*z."""
-    s = re.sub(r"\\(?:begin|end)\{\w+\}", "", s)
+    s = re.sub(r"\\(?:begin|end)\{\w+\}|_\{\w+\}", "", s)  # S_{MBCN} is a name
     return bool(re.search(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}", s) or re.fullmatch(r"[a-zA-Z ]*[a-zA-Z]{2}[a-zA-Z ]*", s))
 
 def _choice(s):
@@ -896,7 +1357,7 @@ def _decimals(s):
     return max(map(len, found)) if found else None
 
 # --- LaTeX -> sympy through a whitelist, with sizes capped before sympy sees them ----------------
-_TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+|\\[a-zA-Z]+|<=|>=|[a-zA-Z]|[-+*/^_!()\[\]{}|=<>])")
+_TOKEN = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?|\\[a-zA-Z]+|<=|>=|[a-zA-Z]|[-+*/^_!()\[\]{}|=<>:'])")
 _FUNCS = {"sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "cot": sp.cot, "sec": sp.sec, "csc": sp.csc,
           "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan, "sinh": sp.sinh, "cosh": sp.cosh,
           "tanh": sp.tanh, "ln": sp.log, "log": sp.log, "exp": sp.exp}  # \log is the natural log
@@ -906,6 +1367,7 @@ _GREEK = set("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta 
              "rho sigma tau phi varphi chi psi omega Gamma Delta Theta Lambda Sigma Phi Psi Omega".split())
 _RELOPS = {"=": "=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "\\lt": "<", "\\gt": ">",
            "\\le": "<=", "\\leq": "<=", "\\leqslant": "<=", "\\ge": ">=", "\\geq": ">=", "\\geqslant": ">="}
+_STARTS = ("frac", "sqrt", "binom", "lfloor", "lceil", "overline", "bar", "sum", "prod")
 _LONE = re.compile(r"\s*(?:[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-zA-Z, ]*\))?|\\[a-zA-Z]+)\s*=")  # x = .., f(x) = ..
 
 def _bits(r):
@@ -945,6 +1407,7 @@ class _Parser:
         self.toks = _TOKEN.findall(s)
         _check("".join(self.toks) == "".join(s.split()), "bad character")  # anything off the whitelist
         self.i, self.sign, self.deadline, self.depth, self.bars, self.root_bits = 0, sign, deadline, 0, 0, 0
+        self.bound = {}
 
     def peek(self):
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -967,16 +1430,21 @@ class _Parser:
         return {"+": 1, "-": -1, "\\pm": self.sign, "\\mp": -self.sign}[op]
 
     def relation(self, lone):
-        exprs, ops = [self.expr()], []
+        exprs, ops = [self.ratio()], []
         while self.peek() in _RELOPS:
             ops.append(_RELOPS[self.take()])
-            exprs.append(self.expr())
+            exprs.append(self.ratio())
         _check(self.peek() is None, "trailing input")
         if not ops:
             return ("expr", exprs[0])
-        if set(ops) == {"="}:  # x = 6/2 = 3 reads as x = 3
-            return ("eq", exprs[0], exprs[-1], lone)
+        if set(ops) == {"="}:  # x = 6/2 = 3 reads as x = 3; AB = 4 and log_6 216 = 3 have a value too
+            return ("eq", exprs[0], exprs[-1], lone or _named(exprs[0]) or not (exprs[0].free_symbols or
+                                                                               exprs[-1].free_symbols))
         return _interval(exprs, ops)
+
+    def ratio(self):  # a ratio a:b is the number a/b
+        e = self.expr()
+        return _div(e, self.expr()) if self.accept(":") else e
 
     def expr(self):
         self.nest(1)
@@ -990,7 +1458,7 @@ class _Parser:
         if t is None or t[0].isdigit() or t[0] == ".":
             return False
         if t[0] == "\\":
-            return t[1:] in ("frac", "sqrt", "binom") or t[1:] in _CONSTS or t[1:] in _GREEK or (
+            return t[1:] in _STARTS or t[1:] in _CONSTS or t[1:] in _GREEK or (
                 funcs and t[1:] in _FUNCS)
         return t.isalpha() or t in ("(", "{") or (t == "|" and self.bars == 0)
 
@@ -1002,7 +1470,7 @@ class _Parser:
                 self.take()
                 f = self.unary()
                 e = _div(e, f) if t in ("/", "\\div") else _small(e * f)
-            elif self.starts_factor(t):
+            elif self.starts_factor(t) or (t and t[0].isdigit() and self.toks[self.i - 1] == ")"):  # (n-2)2^n
                 e = _small(e * self.power())
             else:
                 return e
@@ -1035,20 +1503,18 @@ class _Parser:
         self.nest(0)
         t = self.take()
         if t[0].isdigit() or t[0] == ".":
-            f, ahead = Fraction(t), self.toks[self.i:self.i + 7]  # exact: 0.1 is 1/10, never a float
+            if self.accept("_"):  # a number base: 52_8 is the digits 52 in base 8, never a value
+                return sp.Symbol(t + "_" + str(self.name_arg()))
+            t, x = (t.split("e") + ["0"])[:2]  # e-notation: 4.5e33, 1e-5 (never Euler's e)
+            _check(abs(int(x)) <= MAX_EXP, "exponent too big")
+            f, ahead = Fraction(t) * Fraction(10) ** int(x), self.toks[self.i:self.i + 7]  # exact: 0.1 is 1/10
             if mixed and t.isdigit() and ahead[:2] == ["\\frac", "{"] and ahead[3::3] == ["}", "}"]:
                 p, q = ahead[2], ahead[5]  # mixed number: 2\frac{1}{4} is 9/4
                 if p.isdigit() and q.isdigit() and 0 < int(p) < int(q):
                     f, self.i = f + Fraction(int(p), int(q)), self.i + 7
             return _small(sp.Rational(f.numerator, f.denominator))
-        if t.isalpha():
-            if self.accept("_"):  # x_1, a_{n}: one symbol
-                sub = [self.take()]
-                while sub[0] == "{" and sub[-1] != "}":
-                    sub.append(self.take())
-                _check(all(x.isalnum() for x in sub[1:-1] or sub), "bad subscript")
-                return sp.Symbol(t + "_" + "".join(sub).strip("{}"))
-            return {"e": sp.E, "i": sp.I}.get(t) or sp.Symbol(t)
+        if t.isalpha() or t[1:] in _GREEK:
+            return self.name(t.lstrip("\\"))
         if t in ("(", "[", "{"):
             return self.group({"(": ")", "[": "]", "{": "}"}[t])
         if t == "|":
@@ -1057,6 +1523,12 @@ class _Parser:
             self.bars -= 1
             return e
         name = t[1:]
+        if name in ("lfloor", "lceil"):
+            return _call(sp.floor if name == "lfloor" else sp.ceiling, self.group("\\r" + name[1:]))
+        if name in ("overline", "bar"):  # \overline{AB}: a name
+            return sp.Symbol(f"bar({self.name_arg(letter=True)})")  # never 0.\overline{3}
+        if name in ("sum", "prod"):
+            return self.big_op(name)
         if name == "frac":
             return _div(self.arg(), self.arg())
         if name == "sqrt":
@@ -1074,8 +1546,53 @@ class _Parser:
             return self.function(name)
         if name in _CONSTS:
             return _CONSTS[name]
-        _check(name in _GREEK, "unknown command " + t)
-        return sp.Symbol(name)
+        _check(False, "unknown command " + t)
+
+    def name_arg(self, letter=False):  # a {group} or one token of letters and digits only, as written
+        toks = self.group_tokens() if self.peek() == "{" else [self.take()]
+        _check(toks and all(x.isalnum() for x in toks) and (toks[0][0].isalpha() or not letter), "bad name")
+        return "".join(toks)
+
+    def group_tokens(self):
+        self.take("{")
+        j = self.toks.index("}", self.i)  # ValueError if unclosed: caught as not equal
+        toks, self.i = self.toks[self.i:j], j + 1
+        return toks
+
+    def name(self, t):  # x, x_1, a_{n}, \rho_0, f' as one symbol; F_{n-k-1} as F applied to n-k-1
+        if self.accept("_"):
+            if self.peek() != "{" or all(x.isalnum() for x in self.toks[self.i + 1:self.toks.index("}", self.i)]):
+                sub = self.name_arg()
+                return self.primes(t + "_" + str(self.bound.get(sub, sub)))  # a_k in \sum_{k=1}^{3} a_k
+            return sp.Function(t)(self.arg())
+        if t in self.bound:  # the index of an enclosing \sum with numeric bounds
+            return self.bound[t]
+        return self.primes(t) if self.peek() == "'" or t not in "ei" else {"e": sp.E, "i": sp.I}[t]
+
+    def primes(self, t):
+        while self.accept("'"):
+            t += "'"
+        return sp.Symbol(t)
+
+    def big_op(self, name):  # \sum_{k=1}^{n} body: summed when the bounds are small numbers, else kept as written
+        self.take("_")
+        self.take("{")
+        k = sp.Symbol(self.take())
+        _check(k.name.isalpha(), "bad index")
+        self.take("=")
+        lo = self.group("}")
+        self.take("^")
+        hi, start = self.arg(), self.i
+        if not (lo.is_Integer and hi.is_Integer and hi - lo < MAX_TERMS):
+            return (sp.Sum if name == "sum" else sp.Product)(self.term(), (k, lo, hi))
+        e = sp.Integer(name == "prod")
+        for v in range(int(lo), int(hi) + 1):  # the body parsed again with k = v: every size cap still applies
+            self.i, self.bound[k.name] = start, sp.Integer(v)
+            e = _small(e + self.term() if name == "sum" else e * self.term())
+        self.bound.pop(k.name, None)
+        if lo > hi:  # an empty range: skip its body
+            self.term()
+        return e
 
     def function(self, name):
         f, p = _FUNCS[name], (self.exponent() if self.accept("^") else None)  # \sin^2 x
@@ -1091,6 +1608,12 @@ class _Parser:
         y = _call(f, x) if base is None else _call(sp.log, x, base)
         return y if p is None else _pow(y, p, self)
 
+def _named(e):
+    """A quantity named by letters: x, AB, NO/BO, |AB|; its equation 'AB = 4' gives the value 4."""
+    if e.is_Pow:
+        return e.exp == -1 and _named(e.base)
+    return e.is_Symbol or (e.func in (sp.Mul, sp.Abs) and all(_named(x) for x in e.args))
+
 def _interval(exprs, ops):
     """x > 3 -> (3, oo); -1 <= x < 2 -> [-1, 2)."""
     if all(o[0] == ">" for o in ops):
@@ -1098,7 +1621,7 @@ def _interval(exprs, ops):
     _check(all(o[0] == "<" for o in ops) and len(exprs) in (2, 3), "not an interval")
     if len(exprs) == 2:
         exprs, ops = ([-sp.oo] + exprs, ["<"] + ops) if exprs[0].is_Symbol else (exprs + [sp.oo], ops + ["<"])
-    _check(exprs[1].is_Symbol, "not an interval")
+    _check(bool(exprs[1].free_symbols), "not an interval")  # x, or f(x) in 0 < f(x) < 1
     brackets = ("[" if ops[0] == "<=" else "(") + ("]" if ops[1] == "<=" else ")")
     return ("tuple", brackets, [("expr", exprs[0]), ("expr", exprs[2])])
 
@@ -1139,15 +1662,20 @@ def _parse(s, deadline, depth=0):
         v = _parse(s[m.end():], deadline, depth + 1)
         if v[0] != "expr":
             return v
+    parts = _split(s, ";")
+    if len(parts) > 1:  # -12; -11; -10 and p=5, q=2; p=7, q=2
+        return ("set", [_parse(p, deadline, depth + 1) for p in parts])
     parts = _split(s, ",")
     parts = parts if len(parts) > 1 else _split(s, "\\cup")
     if len(parts) > 1:  # a bare list is unordered: "enter all the solutions"
         return ("set", _items(parts, deadline, depth))
-    if s.startswith("\\{") and s.endswith("\\}") and _wrapped(s[1:]):
-        inner = s[2:-2].strip()
+    b = 2 if s.startswith("\\{") and s.endswith("\\}") else 1 if s[:1] + s[-1:] == "{}" else 0
+    if b and _wrapped(s[b - 1:]) and (b == 2 or len(_split(s[1:-1], ",")) > 1):  # \{1, 2\} and {1, 2}
+        inner = s[b:-b].strip()
         return ("set", _items(_split(inner, ","), deadline, depth) if inner else [])
     if s[:1] in ("(", "[") and s[-1:] in (")", "]") and _wrapped(s):
         items = _split(s[1:-1], ",")
+        items = items if len(items) > 1 else _split(s[1:-1], ";")  # (0; -2; 6) is (0, -2, 6)
         if len(items) > 1:  # ordered pair or interval: the brackets matter
             return ("tuple", s[0] + s[-1], [_parse(p, deadline, depth + 1) for p in items])
     m = re.fullmatch(r"\\begin\{([pb]?matrix)\}(.*)\\end\{\1\}", s, re.S)
@@ -1163,7 +1691,7 @@ def _parse(s, deadline, depth=0):
 _MPFUNCS = {sp.sin: "sin", sp.cos: "cos", sp.tan: "tan", sp.cot: "cot", sp.sec: "sec", sp.csc: "csc",
             sp.asin: "asin", sp.acos: "acos", sp.atan: "atan", sp.sinh: "sinh", sp.cosh: "cosh",
             sp.tanh: "tanh", sp.exp: "exp", sp.log: "log", sp.Abs: "fabs", sp.factorial: "factorial",
-            sp.binomial: "binomial"}
+            sp.binomial: "binomial", sp.floor: "floor", sp.ceiling: "ceil"}
 _MPCONSTS = {sp.pi: "pi", sp.E: "e", sp.I: "j"}
 
 def _eval(e, env, ctx, deadline):
@@ -1225,14 +1753,29 @@ def _same_expr(a, b, k, deadline):
     pts = _samples(a, b, deadline)
     return bool(pts) and all(_close(x, y, tol) for x, y in pts)
 
+def _labels(v):
+    """The values, in order, of a list of name = value items with distinct names ('k = 45, n = 2'); else None."""
+    items = v[1] if v[0] == "set" else []
+    names = {x[1] for x in items if x[0] == "eq" and x[3]}
+    return [("expr", x[2]) for x in items] if len(items) > 1 and len(names) == len(items) else None
+
+def _distinct(items):  # a list names each item once: "1, 2, 2" is {1, 2}
+    return [x for i, x in enumerate(items) if x not in items[:i]]
+
 def _equal(a, b, k, deadline):
     _tick(deadline)
+    if _labels(a) is None:
+        a, b = b, a
+    if _labels(a) is not None and _labels(b) is None:  # labelled parts vs bare values: the values, in order
+        ys = b[2] if b[0] == "tuple" and b[1] == "()" else b[1] if b[0] == "set" else []
+        return len(ys) == len(a[1]) and all(y[0] != "eq" and _equal(x, y, k, deadline)
+                                            for x, y in zip(_labels(a), ys))
     if a[0] == "eq" and b[0] != "eq":
         a, b = b, a
     if b[0] == "eq" and a[0] != "eq":  # "x = 3" vs "3": the value of the named unknown
         return b[3] and _equal(a, ("expr", b[2]), k, deadline)
-    if "set" in (a[0], b[0]):  # unordered, with multiplicity: each item matched once
-        xs, ys = (v[1] if v[0] == "set" else [v] for v in (a, b))
+    if "set" in (a[0], b[0]):  # unordered sets: each distinct item matched once
+        xs, ys = (_distinct(v[1] if v[0] == "set" else [v]) for v in (a, b))
         if len(xs) != len(ys):
             return False
         ys = list(ys)
@@ -1251,17 +1794,24 @@ def _equal(a, b, k, deadline):
         return len(a[2]) == len(b[2]) and all(_equal(x, y, k, deadline) for x, y in zip(a[2], b[2]))
     if a[3] and b[3] and a[1] == b[1]:  # y = 2x+3 vs y = 3+2x
         return _same_expr(a[2], b[2], k, deadline)
+    if not (a[1].free_symbols | a[2].free_symbols | b[1].free_symbols | b[2].free_symbols):  # log_6 216 = 3
+        return any(_same_expr(a[1], x, k, deadline) and _same_expr(a[2], y, k, deadline)
+                   for x, y in ((b[1], b[2]), (b[2], b[1])))
     # other equations: L1 - R1 = c (L2 - R2) for a constant c != 0 (scaled, sides swapped)
     pts = _samples(a[1] - a[2], b[1] - b[2], deadline)
     ratios = [x / y for x, y in pts if y != 0]
     tol = TIGHT_TOL if k is None else float(REL_TOL)
     return len(pts) == len(ratios) > 1 and ratios[0] != 0 and all(_close(r, ratios[0], tol) for r in ratios)
 
+def _readings(v, percent):  # 25\% may be written 25 or 0.25
+    return [v, ("expr", v[1] / 100)] if percent and v[0] == "expr" else [v]
+
 def answers_equal(pred, gold):
     """True when the answer string pred means the same as the answer string gold."""
     try:
         if len(pred) > MAX_ANSWER or len(gold) > MAX_ANSWER:
             return pred.strip() == gold.strip()
+        pct = [bool(re.search(r"%|percent", x)) for x in (pred, gold)]
         p, g = _normalize(pred), _normalize(gold)
         if p == g:
             return bool(p)
@@ -1276,20 +1826,18 @@ def answers_equal(pred, gold):
         dp, dg = _decimals(p), _decimals(g)  # a tolerance only for a decimal against an exact value
         k = max(dp or 0, dg or 0) if (dp is None) != (dg is None) else None
         deadline = time.monotonic() + TIME_BUDGET
-        return bool(_equal(_parse(p, deadline), _parse(g, deadline), k, deadline))
+        pv, gv = (_readings(_parse(x, deadline), q) for x, q in ((p, pct[0]), (g, pct[1])))
+        return any(_equal(x, y, k, deadline) for x in pv for y in gv)
     except Exception:  # unparseable, too big or too slow: simply not equal
         return False
-
-def reward(completion, gold):
-    """1.0 if the last boxed answer of the completion equals the gold answer, else 0.0."""
-    try:
-        pred = last_boxed(completion)
-        return float(pred is not None and answers_equal(pred, last_boxed(gold) or gold))
-    except Exception:
-        return 0.0
 
 if __name__ == "__main__":
     try:
         main(get_args())
     except UserError as e:  # something the user can fix: one line, no traceback (bugs keep theirs)
         sys.exit(f"error: {e}")
+    except Exception as e:  # N ranks: name the rank that failed first
+        rank_failed(e)
+        raise
+    finally:
+        stop_ranks()

@@ -1,12 +1,15 @@
 """Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
-memory, hand-computed numbers. Run: python -m pytest -q test_tandem.py"""
-import json, math, os, signal, subprocess, sys, tempfile, threading, time
+memory, hand-computed numbers. Grouped by the section of tandem_grpo.py each test checks, in the file's order
+(the story, then its appendices), then eval.py. Run: python -m pytest -q test_tandem.py"""
+import contextlib, copy, io, json, math, os, runpy, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+from torch.multiprocessing.spawn import ProcessException
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
@@ -59,10 +62,11 @@ def prompts(tok, n=4):
     probs = ["What is 12 + 34?", "Add 1 and 3.", "What is 4?", "Hence the sum of the ones is what value?"]
     return [tg.prompt_ids(tok, probs[i % 4]) for i in range(n)]
 
-def gen(tok, senior, junior, **kw):
+def gen(tok, senior, junior, static=False, **kw):
     kw = dict(dict(eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id, n_vocab=len(tok),
                    word_start=tg.word_start_mask(tok), max_new_tokens=40, temperature=1.0), **kw)
-    return tg.tandem_generate(senior, junior, kw.pop("prompts", None) or prompts(tok), **kw)
+    generate = tg.static_generate if static else tg.tandem_generate
+    return generate(senior, junior, kw.pop("prompts", None) or prompts(tok), **kw)
 
 class Counting(torch.nn.Module):
     """Wraps a model's body to count forward calls (to prove the junior never runs)."""
@@ -79,7 +83,122 @@ class Counting(torch.nn.Module):
         return self.m.parameters(*a, **k)
 
 # ------------------------------------------------------------------------------------------------------------------
-# word starts and the author rule
+# flags: get_args checks every value before anything loads
+
+@pytest.mark.parametrize("argv, words", [
+    (["--group-size", "1"], "--group-size must be >= 2"), (["--group-size", "0"], "--group-size must be >= 2"),
+    (["--temperature", "0"], "--temperature must be > 0"), (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"),
+    (["--p-senior", "-0.5"], "--p-senior must be in [0, 1]"),
+    (["--mini-batch-prompts", "0"], "--mini-batch-prompts must be >= 1"),
+    (["--lr", "0"], "--lr must be > 0"), (["--steps", "0"], "--steps must be >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"),
+    (["--prompts-per-step", "6"], "multiple of --mini-batch-prompts"), (["--out", __file__], "is a file")])
+def test_bad_flags_are_refused_before_anything_loads(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        tg.get_args(["--data", "x", *argv])
+    assert e.value.code == 2 and words in capsys.readouterr().err
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        tg.get_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for d in ("(default: 0.5)", "(default: 3.0)", "(default: grade)", "(default: 1000)", "(default: runs/trl)"):
+        assert d in out
+
+# ------------------------------------------------------------------------------------------------------------------
+# data: load_problems (and the data-file appendix: formats, the authors' verl rows, one-line errors)
+
+def write_rows(path, rows):
+    path.write_text("\n".join(map(json.dumps, rows)) + "\n")
+    return path
+
+def test_gold_answers_lists_gsm8k_and_dropped_empty_rows(tmp_path, capsys):
+    f = write_rows(tmp_path / "d.jsonl", [
+        {"question": "Q1", "final_answer": ["$\\frac{1}{2}$"]},                  # OlympiadBench: a list of one
+        {"problem": "Q2", "answer": ["0.5", 2, "", "1/2"]},                       # Minerva: up to three accepted
+        {"question": "Q3", "answer": "3 pens at $2 is 3*2 = 6.\n#### 6"},        # GSM8K: what follows the last ####
+        {"problem": "Q4", "answer": ""}, {"problem": "Q5", "answer": []},         # empty: dropped, counted
+        {"problem": "Q6", "answer": None}, {"problem": "Q7", "answer": 12},
+        {"problem": "Q8", "solution": "so \\boxed{5}", "extra": 1}])
+    assert tg.load_problems(f) == [
+        {"problem": "Q1", "answer": ["$\\frac{1}{2}$"]}, {"problem": "Q2", "answer": ["0.5", "2", "1/2"]},
+        {"problem": "Q3", "answer": "6"}, {"problem": "Q7", "answer": "12"},
+        {"problem": "Q8", "answer": "so \\boxed{5}"}]
+    assert capsys.readouterr().out == f"{f}: dropped 3 row(s) with an empty answer\n"
+    rows = tg.load_problems(f)                                                # the golds grade as they should
+    assert tg.reward("so \\boxed{1/2}", rows[1]["answer"]) == 1.0 == tg.reward("\\boxed{6}", rows[2]["answer"])
+    assert tg.reward("\\boxed{3}", rows[1]["answer"]) == 0.0 == tg.reward("\\boxed{42}", rows[2]["answer"])
+    j = tmp_path / "d.json"                                                   # a .json list, the same rows
+    j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "answer": " 4 "}]))
+    assert tg.load_problems(j) == [{"problem": "Q1", "answer": "3"}, {"problem": "Q2", "answer": "4"}]
+    j.write_text(f.read_text())                                               # JSON lines named .json: read as such
+    assert len(tg.load_problems(j)) == 5
+
+def verl_row(content, truth):
+    """A row as the authors' data/build_*.py write it (verl's layout), here as one JSON line."""
+    return {"data_source": "aime24", "prompt": [{"role": "user", "content": content}], "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": truth}, "extra_info": {"split": "test", "index": 0}}
+
+def test_verl_rows_lose_the_suffix_once(tmp_path, tok):
+    f = write_rows(tmp_path / "aime.jsonl", [verl_row("What is 12 + 34? " + tg.PROMPT_SUFFIX, "46"),
+                                             verl_row("Find x.", ["2", "-2"])])
+    rows = tg.load_problems(f)
+    assert rows == [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "Find x.", "answer": ["2", "-2"]}]
+    text = tok.decode(tg.prompt_ids(tok, rows[0]["problem"]))
+    assert text == f"<|im_start|>user\nWhat is 12 + 34? {tg.PROMPT_SUFFIX}<|im_end|>\n<|im_start|>assistant\n"
+
+def test_parquet_round_trip(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    rows = [verl_row("What is 1 + 1? " + tg.PROMPT_SUFFIX, "2"), verl_row("What is 2 + 2? " + tg.PROMPT_SUFFIX, "4")]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test.parquet")
+    assert tg.load_problems(tmp_path / "test.parquet") == [{"problem": "What is 1 + 1?", "answer": "2"},
+                                                          {"problem": "What is 2 + 2?", "answer": "4"}]
+
+@pytest.mark.parametrize("name,text,message", [
+    ("d.jsonl", None, r"d\.jsonl: no such file"),
+    ("d.jsonl", '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n', r"d\.jsonl: line 2: not valid JSON"),
+    ("d.jsonl", '{"problem": "a", "answer": "1"}\n\n{"problem": "b"}\n', r"d\.jsonl: line 3: missing field 'answer'"),
+    ("d.jsonl", '{"answer": "1"}\n', r"d\.jsonl: line 1: missing field 'problem'"),
+    ("d.jsonl", '{"problem": 7, "answer": "1"}\n', r"d\.jsonl: line 1: field 'problem' must be a non-empty string, "
+                                                   r"got a number"),
+    ("d.jsonl", '{"problem": " ", "answer": "1"}\n', r"line 1: field 'problem' must be a non-empty string, got an "),
+    ("d.jsonl", '{"problem": "a", "answer": {"x": 1}}\n', r"line 1: field 'answer': expected a string, a number or a"),
+    ("d.jsonl", '["a", "1"]\n', r"d\.jsonl: line 1: expected a JSON object \{\"problem\": .*\}, got list"),
+    ("d.jsonl", "\n \n", r"d\.jsonl: no rows \(empty file\)"),
+    ("d.jsonl", '{"problem": "a", "answer": ""}\n', r"d\.jsonl: no rows with an answer \(1 empty\)"),
+    ("d.json", '{"problem": "a", "answer": "1"}', r"d\.json: holds a JSON object; expected a list of rows"),
+    ("d.json", '[{"problem": "a", "answer": "1"},\n {"problem": "b" "answer": "2"}]', r"d\.json: line 2: not valid"),
+    ("d.json", '["a"]', r"d\.json: row 1: expected a JSON object .*, got string"),
+    ("d.jsonl", '{"prompt": [{"role": "system", "content": "x"}], "reward_model": {"ground_truth": "1"}}',
+     r"line 1: verl row without a user message"),
+])
+def test_bad_input_is_one_line_naming_file_row_and_field(tmp_path, name, text, message):
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    with pytest.raises(tg.UserError, match=message) as e:
+        tg.load_problems(tmp_path / name)
+    assert "\n" not in str(e.value) and str(tmp_path / name) in str(e.value)
+
+def test_hf_paths_fail_in_one_line(monkeypatch):
+    with pytest.raises(tg.UserError, match="--data hf://x/y: expected hf://datasets/OWNER/NAME/FILE"):
+        tg.load_problems("hf://x/y")
+    import huggingface_hub
+    def offline(*a, **k):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("no connection and no cached copy")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(tg.UserError, match="--data hf://datasets/o/n/t.json: cannot fetch it \\(no connection"):
+        tg.load_problems("hf://datasets/o/n/t.json")
+
+def test_parquet_without_pyarrow_names_the_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)                         # import pyarrow now fails
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "test.parquet").write_bytes(b"PAR1")
+    with pytest.raises(tg.UserError, match=r"test\.parquet: reading \.parquet needs pyarrow: pip install pyarrow"):
+        tg.load_problems(tmp_path / "test.parquet")
+
+# ------------------------------------------------------------------------------------------------------------------
+# co-generation: word starts, the author rule, blank-line turns, stop ids
 
 def test_word_start_mask_matches_vocabulary(tok):
     ws = tg.word_start_mask(tok)
@@ -114,7 +233,7 @@ def test_p_senior_zero_is_all_junior(tok, senior, junior):
     assert torch.equal(g["tokens"], g_j["tokens"]) and not g["senior"].any()
 
 def author_runs_ok(tokens, by_senior, mask, ws, K):
-    """Check the SPEC rule on one row: the author can change only right after a word-start token or after K tokens."""
+    """The paper's rule on one row: the author can change only right after a word-start token or after K tokens."""
     gap = 0
     n = int(mask.sum())
     for t in range(1, n):
@@ -184,7 +303,8 @@ def test_cached_decode_logits_equal_full_forward(tok, senior):
     nxt = torch.tensor([[5], [7]])
     attn2 = torch.cat([attn, torch.ones(2, 1, dtype=torch.long)], 1)
     h2 = tg.last_hidden(senior, nxt, attn2, pos[:, -1:] + 1, cache)
-    full = senior(torch.cat([ids, nxt], 1), attention_mask=attn2, position_ids=(attn2.cumsum(1) - 1).clamp(min=0)).logits
+    full = senior(torch.cat([ids, nxt], 1), attention_mask=attn2,
+                  position_ids=(attn2.cumsum(1) - 1).clamp(min=0)).logits
     lm = senior.get_output_embeddings()
     torch.testing.assert_close(lm(h), full[:, -2], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lm(h2), full[:, -1], atol=1e-5, rtol=1e-5)
@@ -202,6 +322,16 @@ def test_eos_ends_rows_and_masks(tok, senior):
         else:
             assert ends == [n - 1]  # mask runs up to and including the first EOS
         assert all(t == tok.pad_token_id for t in toks[n:])
+
+def test_generation_config_eos_ids_stop_the_response(tok):
+    m = tiny_model(tok, seed=0)
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    m.generation_config.eos_token_id = [tok.eos_token_id, im_start]
+    assert tg.eos_ids(tok, m) == {tok.eos_token_id, im_start}
+    m.lm_head = Script(tok("12", add_special_tokens=False).input_ids + [im_start, 5, 6], m.config.vocab_size)
+    g = tg.tandem_generate(m, None, prompts(tok, 1), eos_ids=tg.eos_ids(tok, m), pad_id=tok.pad_token_id,
+                           n_vocab=len(tok), schedule="solo", max_new_tokens=10, temperature=1.0)
+    assert g["tokens"][0].tolist()[-1] == im_start and not g["truncated"][0]
 
 def blank_line_ends(tok, ids):
     """Reference rule, on the text: the positions where the current turn's text first holds a blank line."""
@@ -318,6 +448,24 @@ def test_dual_clip_and_token_weights_hand_values():
                      weight=torch.tensor([1.0, 0.5]))
     assert w.item() == pytest.approx((-1.2 + 0.4) / 1.5, abs=1e-6)
 
+def test_logprobs_match_full_log_softmax(tok, senior):
+    ps = prompts(tok, 3)
+    torch.manual_seed(9)
+    g = gen(tok, senior, None, schedule="solo", prompts=ps, max_new_tokens=15)
+    ro = rollouts_for(tok, g, ps, [0, 0, 0])
+    ids, attn, P, sel = tg.pack(ro, tok.pad_token_id, "cpu")
+    sel = torch.tensor([[t < len(r["response"]) for t in range(sel.shape[1])] for r in ro])
+    lp = tg.response_logprobs(senior, ids, attn, P, sel, len(tok), 0.6)
+    for b, r in enumerate(ro):  # reference: each row alone, unpadded, full vocabulary then cut
+        seq = torch.tensor([r["prompt"] + r["response"]])
+        logits = senior(seq).logits[0, len(r["prompt"]) - 1:-1, :len(tok)].float() / 0.6
+        ref = logits.log_softmax(-1).gather(1, torch.tensor(r["response"])[:, None]).squeeze(1)
+        start = int(sel[:b].sum())
+        torch.testing.assert_close(lp[start:start + len(r["response"])], ref, atol=1e-5, rtol=1e-5)
+
+# ------------------------------------------------------------------------------------------------------------------
+# one training step: rollouts, old log-probs, token-mean updates on the senior's tokens
+
 def rollouts_for(tok, g, ps, rewards):
     out = []
     for b, p in enumerate(ps):
@@ -331,6 +479,21 @@ def args_for(tok, **kw):
     for k, v in kw.items():
         setattr(a, k, v)
     return a
+
+def test_rollouts_run_in_eval_mode_and_cut_responses_are_graded(tok, monkeypatch):
+    """A scripted senior writes \\boxed{46} and then would write EOS; the budget cuts it just before the EOS."""
+    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
+    m = tiny_model(tok, seed=0)
+    m.train()  # as after an update
+    modes, generate = [], tg.tandem_generate
+    monkeypatch.setattr(tg, "tandem_generate", lambda s, *a, **k: modes.append(s.training) or generate(s, *a, **k))
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}]
+    for rule, score in (("grade", 1.0), ("zero", 0.0)):
+        m.lm_head = Script(right + [tok.eos_token_id], m.config.vocab_size)
+        a = args_for(tok, group_size=2, max_new_tokens=len(right), truncated_reward=rule, schedule="solo")
+        ro = tg.rollout(m, None, tok, probs[:1] * 1, a, None, None)[:1]
+        assert ro[0]["truncated"] and ro[0]["reward"] == score
+    assert modes == [False, False]
 
 @pytest.mark.parametrize("w_junior", [0.0, 0.5])
 def test_token_mean_over_micro_batches_equals_full_batch(tok, senior, junior, w_junior):
@@ -374,36 +537,6 @@ def test_junior_positions_get_zero_gradient(tok, senior, junior):
     assert (grad[by_senior] > 0).all()                   # senior-written tokens: all carry gradient
     senior.zero_grad(set_to_none=True)
 
-def test_logprobs_match_full_log_softmax(tok, senior):
-    ps = prompts(tok, 3)
-    torch.manual_seed(9)
-    g = gen(tok, senior, None, schedule="solo", prompts=ps, max_new_tokens=15)
-    ro = rollouts_for(tok, g, ps, [0, 0, 0])
-    ids, attn, P, sel = tg.pack(ro, tok.pad_token_id, "cpu")
-    sel = torch.tensor([[t < len(r["response"]) for t in range(sel.shape[1])] for r in ro])
-    lp = tg.response_logprobs(senior, ids, attn, P, sel, len(tok), 0.6)
-    for b, r in enumerate(ro):  # reference: each row alone, unpadded, full vocabulary then cut
-        seq = torch.tensor([r["prompt"] + r["response"]])
-        logits = senior(seq).logits[0, len(r["prompt"]) - 1:-1, :len(tok)].float() / 0.6
-        ref = logits.log_softmax(-1).gather(1, torch.tensor(r["response"])[:, None]).squeeze(1)
-        start = int(sel[:b].sum())
-        torch.testing.assert_close(lp[start:start + len(r["response"])], ref, atol=1e-5, rtol=1e-5)
-
-def test_step_changes_senior_not_junior(tok, junior):
-    m = tiny_model(tok, seed=0)
-    m.requires_grad_(True)
-    before_s = [p.clone() for p in m.parameters()]
-    before_j = [p.clone() for p in junior.parameters()]
-    ps = prompts(tok, 4)
-    torch.manual_seed(10)
-    g = gen(tok, m, junior, prompts=ps)
-    ro = rollouts_for(tok, g, ps, [1.0, 0, 0, 0])
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    tg.train_step(m, junior, tok, opt, ro, args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1,
-                                               micro_batch=2, kl_coef=0.001))
-    assert all(torch.equal(a, b) for a, b in zip(before_j, junior.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(before_s, m.parameters()))
-
 def test_junior_tokens_weigh_junior_token_weight(tok, senior, junior, monkeypatch):
     ps = prompts(tok, 4)
     torch.manual_seed(11)
@@ -421,6 +554,21 @@ def test_junior_tokens_weigh_junior_token_weight(tok, senior, junior, monkeypatc
     (n_tokens, weight), = seen
     assert n_tokens == pytest.approx(n_senior + 0.25 * n_junior)   # the weighted token count of the mini-batch
     assert sorted(set(weight.tolist())) == [0.25, 1.0] and (weight == 1).sum() == n_senior
+
+def test_step_changes_senior_not_junior(tok, junior):
+    m = tiny_model(tok, seed=0)
+    m.requires_grad_(True)
+    before_s = [p.clone() for p in m.parameters()]
+    before_j = [p.clone() for p in junior.parameters()]
+    ps = prompts(tok, 4)
+    torch.manual_seed(10)
+    g = gen(tok, m, junior, prompts=ps)
+    ro = rollouts_for(tok, g, ps, [1.0, 0, 0, 0])
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    tg.train_step(m, junior, tok, opt, ro, args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1,
+                                               micro_batch=2, kl_coef=0.001))
+    assert all(torch.equal(a, b) for a, b in zip(before_j, junior.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_s, m.parameters()))
 
 def test_non_finite_gradient_is_skipped_and_three_in_a_row_stop(tok, senior, junior):
     ps = prompts(tok, 4)
@@ -445,66 +593,8 @@ def test_non_finite_gradient_is_skipped_and_three_in_a_row_stop(tok, senior, jun
     with pytest.raises(tg.UserError, match="non-finite weights"):
         tg.save_checkpoint(Path(tempfile.mkdtemp()), 1, m, tok, opt)
 
-def test_rollouts_run_in_eval_mode_and_cut_responses_are_graded(tok, monkeypatch):
-    """A scripted senior writes \\boxed{46} and then would write EOS; the budget cuts it just before the EOS."""
-    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
-    m = tiny_model(tok, seed=0)
-    m.train()  # as after an update
-    modes, generate = [], tg.tandem_generate
-    monkeypatch.setattr(tg, "tandem_generate", lambda s, *a, **k: modes.append(s.training) or generate(s, *a, **k))
-    probs = [{"problem": "What is 12 + 34?", "answer": "46"}]
-    for rule, score in (("grade", 1.0), ("zero", 0.0)):
-        m.lm_head = Script(right + [tok.eos_token_id], m.config.vocab_size)
-        a = args_for(tok, group_size=2, max_new_tokens=len(right), truncated_reward=rule, schedule="solo")
-        ro = tg.rollout(m, None, tok, probs[:1] * 1, a, None, None)[:1]
-        assert ro[0]["truncated"] and ro[0]["reward"] == score
-    assert modes == [False, False]
-
-def test_generation_config_eos_ids_stop_the_response(tok):
-    m = tiny_model(tok, seed=0)
-    im_start = tok.convert_tokens_to_ids("<|im_start|>")
-    m.generation_config.eos_token_id = [tok.eos_token_id, im_start]
-    assert tg.eos_ids(tok, m) == {tok.eos_token_id, im_start}
-    m.lm_head = Script(tok("12", add_special_tokens=False).input_ids + [im_start, 5, 6], m.config.vocab_size)
-    g = tg.tandem_generate(m, None, prompts(tok, 1), eos_ids=tg.eos_ids(tok, m), pad_id=tok.pad_token_id,
-                           n_vocab=len(tok), schedule="solo", max_new_tokens=10, temperature=1.0)
-    assert g["tokens"][0].tolist()[-1] == im_start and not g["truncated"][0]
-
-def test_junior_writes_decides_for_generation_main_and_memory_report(capsys):
-    table = {("word", 0.5): True, ("word", 1.0): False, ("token", 0.0): True, ("step", 1.0): True,
-             ("solo", 0.5): False, ("solo", 0.0): False}
-    assert {k: tg.junior_writes(*k) for k in table} == table
-    def junior_row(*argv):
-        tg.memory_report(tg.get_args(["--model", str(tg.DEMO_DIR.parent / "configs" / "qwen3-0.6b"), *argv]))
-        row = next(l for l in capsys.readouterr().out.splitlines() if "junior weights" in l)
-        return [float(x) > 0 for x in row.split()[-2:]]   # [rollout, update] hold the junior?
-    assert junior_row() == [True, False]
-    assert junior_row("--schedule", "step", "--p-senior", "1") == [True, False]   # step: the junior writes
-    assert junior_row("--schedule", "solo") == [False, False]
-    assert junior_row("--schedule", "solo", "--kl-coef", "0.001") == [True, True]  # KL keeps it on the GPU
-
 # ------------------------------------------------------------------------------------------------------------------
-# data, the loop, checkpoints
-
-def test_bad_data_rows_name_file_and_line(tmp_path):
-    good = {"problem": "What is 1 + 1?", "answer": "2"}
-    f = tmp_path / "d.jsonl"
-    f.write_text(json.dumps(good) + "\n\n" + json.dumps({"problem": "What is 2 + 2?", "answer": " "}) + "\n")
-    with pytest.raises(ValueError, match=r"d\.jsonl: line 3: missing or empty field 'answer"):
-        tg.load_problems(f)
-    f.write_text(json.dumps(good) + "\n" + '{"problem": "x", "answer": \n')
-    with pytest.raises(ValueError, match=r"d\.jsonl:2: not valid JSON"):
-        tg.load_problems(f)
-    f.write_text(json.dumps({"answer": "2"}) + "\n")
-    with pytest.raises(ValueError, match=r"line 1: missing or empty field 'problem"):
-        tg.load_problems(f)
-    j = tmp_path / "d.json"  # a .json list; aliases question / final_answer / solution (boxed answer inside)
-    j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "solution": "so \\boxed{5}"},
-                             {"problem": "Q3"}]))
-    with pytest.raises(ValueError, match=r"d\.json: row 3: missing"):
-        tg.load_problems(j)
-    j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "solution": "so \\boxed{5}"}]))
-    assert tg.load_problems(j) == [{"problem": "Q1", "answer": "3"}, {"problem": "Q2", "answer": "so \\boxed{5}"}]
+# the training loop: validation, logs, --out policy, resume (and the checkpoint appendix), Ctrl-C
 
 def write_run_files(tmp_path, tok):
     tiny_model(tok, seed=0).save_pretrained(tmp_path / "model")
@@ -538,41 +628,41 @@ def test_save_resume_gives_the_same_next_step(tmp_path, tok):
     assert not (tmp_path / "a" / "step_000001" / "trainer.pt").exists()
     assert (tmp_path / "a" / "step_000001" / "model.safetensors").exists()
 
-@pytest.mark.parametrize("argv, words", [
-    (["--group-size", "1"], "--group-size must be >= 2"), (["--group-size", "0"], "--group-size must be >= 2"),
-    (["--temperature", "0"], "--temperature must be > 0"), (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"),
-    (["--p-senior", "-0.5"], "--p-senior must be in [0, 1]"),
-    (["--mini-batch-prompts", "0"], "--mini-batch-prompts must be >= 1"),
-    (["--lr", "0"], "--lr must be > 0"), (["--steps", "0"], "--steps must be >= 1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-    (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"),
-    (["--prompts-per-step", "6"], "multiple of --mini-batch-prompts"), (["--out", __file__], "is a file")])
-def test_bad_flags_are_refused_before_anything_loads(argv, words, capsys):
-    with pytest.raises(SystemExit) as e:
-        tg.get_args(["--data", "x", *argv])
-    assert e.value.code == 2 and words in capsys.readouterr().err
+def test_solo_accuracy_has_its_own_random_stream(tok):
+    m = tiny_model(tok, seed=0)
+    probs = [{"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)]
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    assert tg.solo_accuracy(m, tok, probs, max_new_tokens=8) == tg.solo_accuracy(m, tok, probs, max_new_tokens=8)
+    assert torch.equal(torch.get_rng_state(), state)                   # the training stream is untouched
 
-def test_help_shows_every_default(capsys):
-    with pytest.raises(SystemExit):
-        tg.get_args(["--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    for d in ("(default: 0.5)", "(default: 3.0)", "(default: grade)", "(default: 1000)", "(default: runs/trl)"):
-        assert d in out
+def test_validation_problems_never_reach_training(tmp_path, tok, monkeypatch):
+    write_run_files(tmp_path, tok)                                    # 9 problems
+    train, val = tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)
+    assert len(train) == 6 and len(val) == 3 and not {p["problem"] for p in val} & {p["problem"] for p in train}
+    assert tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)[1] == val   # a fixed draw
+    seen, rollout = [], tg.rollout
+    monkeypatch.setattr(tg, "rollout", lambda s, j, t, probs, *a: seen.extend(probs) or rollout(s, j, t, probs, *a))
+    m = run_main(tmp_path, tmp_path / "o", "--steps", "4", "--val-size", "3", "--val-every", "2")
+    assert [("val_solo" in x) for x in m] == [False, True, False, True] and 0 <= m[1]["val_solo"] <= 1
+    assert len(seen) == 8 and not {p["problem"] for p in seen} & {p["problem"] for p in val}
 
-def cli(*argv, cwd=None):
-    return subprocess.run([sys.executable, str(Path(tg.__file__)), *argv], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
-
-def test_user_errors_are_one_line_without_traceback(tmp_path):
-    (tmp_path / "o").mkdir()
-    (tmp_path / "o" / "metrics.jsonl").write_text("")
-    r = cli("--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 1 and r.stderr.startswith("error: --out") and len(r.stderr.strip().splitlines()) == 1
-    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "1 + 1?", "answer": "2"}))
-    r = cli("--data", str(tmp_path / "d.jsonl"), "--model", str(tmp_path / "no_model"), "--val-size", "0",
-            "--out", str(tmp_path / "o2"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert f"error: {tmp_path / 'no_model'}: neither a local model folder nor a reachable hub id" in r.stderr
+def test_log_and_show_lines(tmp_path, tok, capsys):
+    r = dict(response=tok("The answer is", add_special_tokens=False).input_ids, reward=1.0)
+    assert len(r["response"]) == 3
+    r["senior"] = [True, False, True]
+    shown = tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=False)
+    assert "The[[ answer]] is" in shown and "reward 1 (gold 4)" in shown
+    assert "\033[36m answer\033[0m" in tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=True)
+    write_run_files(tmp_path, tok)
+    capsys.readouterr()
+    run_main(tmp_path, tmp_path / "o", "--steps", "4", "--log-every", "2", "--show-every", "3")
+    out = capsys.readouterr().out
+    assert [l.split(" | ")[0] for l in out.splitlines() if l.startswith("step ")] == ["step 2/4", "step 4/4"]
+    assert out.count("--- problem:") == 2                             # the first step, and step 3
+    line = next(l for l in out.splitlines() if l.startswith("step 2/4"))
+    for key in ("reward", "zero-var", "senior", "switches", "clip", "gnorm"):
+        assert f"| {key} " in line
 
 def test_used_out_needs_resume_and_resume_on_an_empty_folder_starts(tmp_path, tok, capsys):
     write_run_files(tmp_path, tok)
@@ -592,25 +682,6 @@ def test_resume_drops_a_torn_last_metrics_line(tmp_path, tok, capsys):
     assert [m["step"] for m in run_main(tmp_path, tmp_path / "o", "--steps", "2", "--resume")] == [1, 2]
     assert "dropped a torn last line" in capsys.readouterr().out
 
-def test_validation_problems_never_reach_training(tmp_path, tok, monkeypatch):
-    write_run_files(tmp_path, tok)                                    # 9 problems
-    train, val = tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)
-    assert len(train) == 6 and len(val) == 3 and not {p["problem"] for p in val} & {p["problem"] for p in train}
-    assert tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)[1] == val   # a fixed draw
-    seen, rollout = [], tg.rollout
-    monkeypatch.setattr(tg, "rollout", lambda s, j, t, probs, *a: seen.extend(probs) or rollout(s, j, t, probs, *a))
-    m = run_main(tmp_path, tmp_path / "o", "--steps", "4", "--val-size", "3", "--val-every", "2")
-    assert [("val_solo" in x) for x in m] == [False, True, False, True] and 0 <= m[1]["val_solo"] <= 1
-    assert len(seen) == 8 and not {p["problem"] for p in seen} & {p["problem"] for p in val}
-
-def test_solo_accuracy_has_its_own_random_stream(tok):
-    m = tiny_model(tok, seed=0)
-    probs = [{"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)]
-    torch.manual_seed(5)
-    state = torch.get_rng_state()
-    assert tg.solo_accuracy(m, tok, probs, max_new_tokens=8) == tg.solo_accuracy(m, tok, probs, max_new_tokens=8)
-    assert torch.equal(torch.get_rng_state(), state)                   # the training stream is untouched
-
 def test_demo_resume_is_exact(tmp_path, tok, monkeypatch, capsys):
     write_run_files(tmp_path, tok)
     (tmp_path / "test.jsonl").write_text((tmp_path / "d.jsonl").read_text())
@@ -627,22 +698,20 @@ def test_demo_resume_is_exact(tmp_path, tok, monkeypatch, capsys):
     resumed = demo("b", "2", "--resume")
     assert straight.split(" (")[0] == resumed.split(" (")[0]          # the same before and after accuracy
 
-def test_log_and_show_lines(tmp_path, tok, capsys):
-    r = dict(response=tok("The answer is", add_special_tokens=False).input_ids, reward=1.0)
-    assert len(r["response"]) == 3
-    r["senior"] = [True, False, True]
-    shown = tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=False)
-    assert "The[[ answer]] is" in shown and "reward 1 (gold 4)" in shown
-    assert "\033[36m answer\033[0m" in tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=True)
-    write_run_files(tmp_path, tok)
-    capsys.readouterr()
-    run_main(tmp_path, tmp_path / "o", "--steps", "4", "--log-every", "2", "--show-every", "3")
-    out = capsys.readouterr().out
-    assert [l.split(" | ")[0] for l in out.splitlines() if l.startswith("step ")] == ["step 2/4", "step 4/4"]
-    assert out.count("--- problem:") == 2                             # the first step, and step 3
-    line = next(l for l in out.splitlines() if l.startswith("step 2/4"))
-    for key in ("reward", "zero-var", "senior", "switches", "clip", "gnorm"):
-        assert f"| {key} " in line
+def cli(*argv, cwd=None):
+    return subprocess.run([sys.executable, str(Path(tg.__file__)), *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "metrics.jsonl").write_text("")
+    r = cli("--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and r.stderr.startswith("error: --out") and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "1 + 1?", "answer": "2"}))
+    r = cli("--data", str(tmp_path / "d.jsonl"), "--model", str(tmp_path / "no_model"), "--val-size", "0",
+            "--out", str(tmp_path / "o2"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"error: {tmp_path / 'no_model'}: neither a local model folder nor a reachable hub id" in r.stderr
 
 def test_ctrl_c_stops_with_a_resume_hint(tmp_path, tok):
     write_run_files(tmp_path, tok)
@@ -661,272 +730,256 @@ def test_ctrl_c_stops_with_a_resume_hint(tmp_path, tok):
     assert "last checkpoint: " + str(out / "step_") in err and "resume with: " in err and "--resume" in err
 
 # ------------------------------------------------------------------------------------------------------------------
-# eval.py: pass@k, bootstrap intervals, cross-entropy and KL, handoff schedules
+# appendix: GPU memory (who holds the junior, per phase)
 
-def eval_args(**kw):
-    a = ev.get_args(["--senior", "x", "--data", "x", "--device", "cpu"])
-    small = dict(n=4, max_new_tokens=24, batch=16, tf_batch=8, temperature=1.0, top_k=0, top_p=1.0)
-    for k, v in {**small, **kw}.items():
-        setattr(a, k, v)
-    return a
+def test_junior_writes_decides_for_generation_main_and_memory_report(capsys):
+    table = {("word", 0.5): True, ("word", 1.0): False, ("token", 0.0): True, ("step", 1.0): True,
+             ("solo", 0.5): False, ("solo", 0.0): False}
+    assert {k: tg.junior_writes(*k) for k in table} == table
+    def junior_row(*argv):
+        tg.memory_report(tg.get_args(["--model", str(tg.DEMO_DIR.parent / "configs" / "qwen3-0.6b"), *argv]))
+        row = next(l for l in capsys.readouterr().out.splitlines() if "junior weights" in l)
+        return [float(x) > 0 for x in row.split()[-2:]]   # [rollout, update] hold the junior?
+    assert junior_row() == [True, False]
+    assert junior_row("--schedule", "step", "--p-senior", "1") == [True, False]   # step: the junior writes
+    assert junior_row("--schedule", "solo") == [False, False]
+    assert junior_row("--schedule", "solo", "--kl-coef", "0.001") == [True, True]  # KL keeps it on the GPU
 
-class Boost(torch.nn.Module):
-    """An output layer that adds `by` to the logits of `ids` (to make a tiny random model write blank lines)."""
-    def __init__(self, head, ids, by):
+# ------------------------------------------------------------------------------------------------------------------
+# appendix: static-shape decode (--compile): on CPU, exactly tandem_generate's tokens, authors, masks, truncation
+
+class EndWhen(torch.nn.Module):
+    """An output layer that adds by * h[unit] to the EOS logit: the end depends on the context, so rows (greedy ones
+    too) end at different steps."""
+    def __init__(self, head, eos, by=3.0, unit=2):
         super().__init__()
-        self.head, self.ids, self.by = head, ids, by
+        self.head, self.eos, self.by, self.unit = head, eos, by, unit
     def forward(self, h):
         out = self.head(h)
-        out[..., self.ids] += self.by
+        out[..., self.eos] += self.by * h[..., self.unit]
         return out
 
-class FixedLogits(torch.nn.Module):
-    """A 'model' whose next-token logits are the same vector w at every position: h = 1, logits = w h."""
-    def __init__(self, w):
-        super().__init__()
-        self.head = torch.nn.Linear(1, len(w), bias=False)
-        self.head.weight.data = w[:, None].clone()
-    def get_decoder(self):
-        return lambda input_ids, **kw: SimpleNamespace(last_hidden_state=torch.ones(*input_ids.shape, 1))
-    def get_output_embeddings(self):
-        return self.head
-
-# ------------------------------------------------------------------------------------------------------------------
-# statistics
-
-def test_pass_at_k_hand_values():
-    assert ev.pass_at_k(8, 3, 1) == pytest.approx(0.375)                      # c / n
-    assert ev.pass_at_k(8, 3, 2) == pytest.approx(1 - 10 / 28)                # C(5,2) / C(8,2)
-    assert ev.pass_at_k(8, 3, 4) == pytest.approx(1 - math.comb(5, 4) / math.comb(8, 4))  # 1 - 5/70
-    assert ev.pass_at_k(8, 3, 8) == 1.0 and ev.pass_at_k(8, 5, 4) == 1.0      # k > n - c: a correct one is drawn
-    assert ev.pass_at_k(8, 0, 4) == 0.0 and ev.pass_at_k(8, 8, 1) == 1.0
-    assert ev.ks_for(8) == [1, 2, 4, 8] and ev.ks_for(6) == [1, 2, 4, 6] and ev.ks_for(1) == [1]
-
-def test_bootstrap_contains_estimate_and_narrows():
-    few = torch.tensor([1.0] * 6 + [0.0] * 14)                # 20 problems, mean 0.3
-    many = few.repeat(100)                                    # 2000 problems, same mean
-    lo1, hi1 = ev.bootstrap_ci([few])
-    lo2, hi2 = ev.bootstrap_ci([many])
-    assert lo1 < 0.3 < hi1 and lo2 < 0.3 < hi2
-    # the normal approximation: width = 2 * 1.96 * sqrt(0.3 * 0.7 / n)
-    assert hi1 - lo1 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 20), rel=0.15)
-    assert hi2 - lo2 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 2000), rel=0.1)
-    # macro over two files: the interval of (mean_1 + mean_2) / 2; a file without variance adds none
-    lo3, hi3 = ev.bootstrap_ci([many, torch.ones(50)])
-    assert (lo3, hi3) == pytest.approx(((lo2 + 1) / 2, (hi2 + 1) / 2), abs=0.01)
-    assert ev.bootstrap_ci([torch.full((30,), 0.25)]) == pytest.approx((0.25, 0.25))
-
-def fake_file(rewards_by_problem, legibility=None):
-    """An evaluate() result whose three schedules share the given rewards; solo samples carry the given legibility."""
-    res = {}
-    for sch in ev.SCHEDULES:
-        res[sch] = [[dict(reward=r, length=10, senior_tokens=5, truncated=False) for r in rs]
-                    for rs in rewards_by_problem]
-    for i, x in enumerate(x for s in res["solo"] for x in s):
-        x.update(legibility=legibility[i] if legibility else 1.0, self_ce=0.5, drift=0.1)
-    return res
-
-def test_metrics_macro_and_paired_by_problem():
-    a = eval_args(n=2)
-    f1 = fake_file([[1, 0], [0, 0]], legibility=[1, 3, 1, 3])   # pass@1 per problem 0.5, 0 -> 0.25
-    f2 = fake_file([[1, 1], [1, 1], [1, 1], [1, 1]], legibility=[4] * 8)
-    m = ev.metrics([f1, f2], a)
-    assert m["solo pass@1"][0] == pytest.approx((0.25 + 1) / 2)  # macro: files weigh equally, not problems
-    assert m["solo pass@2"][0] == pytest.approx((0.5 + 1) / 2)   # problem 1 of f1: 1 - C(1,2)/C(2,2) = 1
-    assert m["legibility"] == pytest.approx((2 + 4) / 2)         # per response, per file, then macro
-    assert m["step/solo pass@2"] == pytest.approx(1.0) and m["word share"] == pytest.approx(0.5)
-    # paired by problem: b is a plus 1/2 on every problem -> the difference is exactly 1/2, with a zero-width interval
-    b = fake_file([[1, 1], [1, 0]])
-    d = ev.paired([b], [f1], a)
-    assert d["solo pass@1"] == pytest.approx([0.5, 0.5, 0.5])
-    lo, hi = ev.metrics([f1], a)["solo pass@1"][1:]
-    assert hi - lo > 0.4  # unpaired, each senior's own interval is wide
-
-# ------------------------------------------------------------------------------------------------------------------
-# legibility and drift
-
-def test_cross_entropy_and_kl_hand_values(tok):
-    V, a, b = len(tok), 7, 9
-    wide = torch.full((V + 24,), 50.0)        # ids past the tokenizer get huge logits: they must be cut
-    w_s, w_j = wide.clone(), wide.clone()
-    w_s[:V], w_j[:V] = 0.0, 0.0
-    w_s[a] = math.log(3)                       # senior p: 3/(V+2) on a, 1/(V+2) elsewhere; junior q: uniform 1/V
-    s, j = FixedLogits(w_s), FixedLogits(w_j)
-    s.parameters = j.parameters = lambda: iter([torch.zeros(1)])
-    pairs = [([1, 2, 3], [a, b, b]), ([4, 5], [b])]
-    out = ev.teacher_forced(s, j, pairs, V, tok.pad_token_id, batch=2)
-    kl = 3 / (V + 2) * math.log(3 * V / (V + 2)) + (V - 1) / (V + 2) * math.log(V / (V + 2))
-    ce_s = [(math.log((V + 2) / 3) + 2 * math.log(V + 2)) / 3, math.log(V + 2)]   # averaged per response
-    for (leg, self_ce, drift), ce in zip(out, ce_s):
-        assert leg == pytest.approx(math.log(V), rel=1e-5)
-        assert self_ce == pytest.approx(ce, rel=1e-5)
-        assert drift == pytest.approx(kl, rel=1e-4)
-
-def test_teacher_forced_matches_unpadded_forward(tok):
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    torch.manual_seed(0)
-    g = tg.tandem_generate(s, None, prompts(tok, 3), eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id,
-                           n_vocab=len(tok), schedule="solo", max_new_tokens=12, temperature=1.0)
-    pairs = [(p, g["tokens"][i][g["mask"][i]].tolist()) for i, p in enumerate(prompts(tok, 3))]
-    out = ev.teacher_forced(s, j, pairs, len(tok), tok.pad_token_id, batch=3)
-    for (p, r), (leg, self_ce, drift) in zip(pairs, out):  # reference: each row alone, full forward, then cut
-        seq = torch.tensor([p + r])
-        logp = s(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
-        logq = j(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
-        y = torch.tensor(r)[:, None]
-        assert leg == pytest.approx(-logq.gather(1, y).mean().item(), rel=1e-5)
-        assert self_ce == pytest.approx(-logp.gather(1, y).mean().item(), rel=1e-5)
-        ref = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).mean().item()
-        assert drift == pytest.approx(ref, rel=1e-4) and drift > 0
-
-# ------------------------------------------------------------------------------------------------------------------
-# schedules and budgets
-
-def test_handoff_budget():
-    assert ev.handoff_budget(100, 3000) == 3000
-    assert ev.handoff_budget(1500, 3000) == 4096 - 1500 - 8
-    assert ev.handoff_budget(5000, 3000) == 0
-
-def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
+@pytest.fixture(scope="module")
+def enders(tok):
+    """Senior and junior whose rows end at mixed steps (greedy and sampled) and who write blank lines often."""
     blank = tok.get_vocab()["ĊĊ"]
     s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    s.lm_head, j.lm_head = Boost(s.lm_head, [blank], 4.0), Boost(j.lm_head, [blank], 4.0)
-    se = tg.step_end_mask(tok)
-    budgets = [6, 40, 40, 13]
-    torch.manual_seed(0)
-    g = ev.generate(s, j, tok, prompts(tok, 4), budgets, "step", eval_args(max_turns=150), None, se)
-    assert check_step_turns(tok, g, 4) >= 4
-    for i, budget in enumerate(budgets):
-        n = int(g["mask"][i].sum())
-        toks, by_senior = g["tokens"][i].tolist(), g["senior"][i].tolist()
-        assert n <= budget
-        ended = toks[n - 1] in tg.eos_ids(tok)
-        assert bool(g["truncated"][i]) == (not ended)         # stopped at the budget without EOS: truncated
-        if not ended:
-            assert n == budget
-        assert all(t == tok.pad_token_id for t in toks[n:]) and not any(by_senior[n:])
-    # at most max_turns turns: a row ends at the blank line that closes its third turn, truncated
-    torch.manual_seed(0)
-    g = ev.generate(s, j, tok, prompts(tok, 4), [40] * 4, "step", eval_args(max_turns=3), None, se)
-    ended_by_turns = 0
-    for i in range(4):
-        n, toks = int(g["mask"][i].sum()), g["tokens"][i].tolist()
-        ends = blank_line_ends(tok, toks[:n])
-        assert len(ends) <= 3
-        if len(ends) == 3:
-            assert ends[-1] == n - 1 and g["truncated"][i]
-            ended_by_turns += 1
-    assert ended_by_turns > 0
+    s.lm_head, j.lm_head = (Boost(EndWhen(m.lm_head, tok.eos_token_id), [blank], 1.5) for m in (s, j))
+    return s, j
 
-def test_handoff_with_p_senior_one_equals_solo(tok):
+def both_paths(tok, s, j, seed, compile=None, **kw):
+    """(tandem_generate, static_generate) on the same seed; check_every=4 makes the static loop run past the end."""
+    torch.manual_seed(seed)
+    ref = gen(tok, s, j, **kw)
+    torch.manual_seed(seed)
+    return ref, gen(tok, s, j, static=True, check_every=4, compile=compile, **kw)
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+@pytest.mark.parametrize("schedule", ["word", "token", "step", "solo"])
+def test_static_decode_gives_the_same_rollouts(tok, enders, schedule, temperature):
+    s, j = enders
+    ref, out = both_paths(tok, s, j, seed=0, schedule=schedule, temperature=temperature, prompts=prompts(tok, 8),
+                          step_end=tg.step_end_mask(tok), max_new_tokens=30)
+    for k in ("tokens", "senior", "mask", "truncated"):
+        assert torch.equal(out[k], ref[k]), k
+    lengths = ref["mask"].sum(1)
+    assert (~ref["truncated"]).any() and len(set(lengths.tolist())) >= 2  # rows do end early, at different steps
+    if schedule != "solo":
+        assert ref["senior"].any() and (ref["mask"] & ~ref["senior"]).any()  # both authors wrote
+
+def test_static_decode_step_max_turns(tok, enders):
+    s, j = enders
+    se = torch.ones(len(tok), 3, dtype=torch.bool)  # every token holds a blank line: turns are single tokens
+    for temperature in (0, 1.0):
+        ref, out = both_paths(tok, s, j, seed=1, schedule="step", step_end=se, max_turns=3,
+                              temperature=temperature, prompts=prompts(tok, 8))
+        for k in ("tokens", "senior", "mask", "truncated"):
+            assert torch.equal(out[k], ref[k]), k
+        stopped = ref["truncated"] & (ref["mask"].sum(1) == 3)  # cut by the turn budget, not by EOS
+        assert stopped.any() and (ref["mask"].sum(1) <= 3).all()
+
+def test_static_decode_traces_as_one_graph_and_reuses_its_caches(tok, enders, monkeypatch):
+    """compile=True as on CUDA, with dynamo's eager backend on CPU: fullgraph=True fails on any graph break; the kept
+    caches are emptied and reused for the next call (the same objects), and grow for a longer one."""
+    s, j = enders
+    real = torch.compile
+    monkeypatch.setattr(tg.torch, "compile", lambda fn, **kw: real(fn, backend="eager", fullgraph=True))
+    monkeypatch.setattr(tg, "STATIC", {})
+    kw = dict(schedule="word", prompts=prompts(tok, 4), max_new_tokens=20, compile=True)
+    ref, out = both_paths(tok, s, j, seed=2, **kw)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    caches = {k: v[1] for k, v in tg.STATIC.items() if k != "read"}
+    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [256, 256]  # P + 20 rounded up, per model
+    ref, out = both_paths(tok, s, j, seed=3, **kw)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    assert all(tg.STATIC[k][1] is c for k, c in caches.items())  # reused, not reallocated
+    ref, out = both_paths(tok, s, j, seed=3, **dict(kw, max_new_tokens=300))
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    assert sorted(v[0] for k, v in tg.STATIC.items() if k != "read") == [512, 512]  # grown once for both models
+
+def test_compile_flag_routes_rollouts_through_the_static_path(tok, monkeypatch):
+    assert tg.get_args(["--data", "x"]).compile is False and tg.get_args(["--data", "x", "--compile"]).compile
     s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "Add 1 and 3.", "answer": "4"}]
-    a = eval_args(p_senior=1.0)
-    ws = tg.word_start_mask(tok)
-    solo = ev.sample_responses(s, j, tok, probs, "solo", a, ws, None)
-    word = ev.sample_responses(s, j, tok, probs, "word", a, ws, None)
-    assert len(solo) == 2 and all(len(x) == 4 for x in solo)  # n samples per problem
-    for xs, ys in zip(solo, word):
-        for x, y in zip(xs, ys):
-            for key in ("text", "reward", "length", "truncated"):
-                assert x[key] == y[key]
-            assert y["senior_tokens"] == y["length"]
-    assert len({x["text"] for xs in solo for x in xs}) > 1     # sampled, not one repeated string
-
-class Script(torch.nn.Module):
-    """An output layer that writes the given ids one after another, whatever the hidden state."""
-    def __init__(self, ids, width):
-        super().__init__()
-        self.ids, self.width = iter(ids), width
-    def forward(self, h):
-        out = torch.full((h.shape[0], self.width), -1e4)
-        out[:, next(self.ids)] = 0.0
-        return out
-
-def test_truncated_response_scores_zero(tok, monkeypatch):
-    """A scripted senior writes \\boxed{46} then EOS: reward 1 when EOS fits the budget, 0 when the budget cuts it."""
-    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
-    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "12 + 34?", "answer": "46"}]
-    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    for budget, score in ((len(right) + 1, 1.0), (len(right), 0.0)):  # solo: the budget is max_new_tokens
-        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
-        x = ev.sample_responses(s, None, tok, probs[:1], "solo", eval_args(n=1, max_new_tokens=budget), None, None)
-        assert x[0][0]["text"] == "\\boxed{46}" and x[0][0]["reward"] == score and x[0][0]["truncated"] == (not score)
-    # handoff: each row's own budget 4096 - prompt - 8; shrink the window so that the longer prompt's EOS falls
-    # one token past its budget while the shorter prompt's fits (both rows run in one batch to the larger budget)
-    n_long = len(tg.prompt_ids(tok, probs[0]["problem"]))
-    assert len(tg.prompt_ids(tok, probs[1]["problem"])) < n_long
-    monkeypatch.setattr(ev, "HANDOFF_CONTEXT", n_long + 8 + len(right))
-    s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
-    long, short = ev.sample_responses(s, j, tok, probs, "step", eval_args(n=1, max_new_tokens=100), None,
-                                      tg.step_end_mask(tok))
-    assert long[0]["text"] == short[0]["text"] == "\\boxed{46}"
-    assert (long[0]["reward"], long[0]["truncated"], long[0]["length"]) == (0.0, True, len(right))
-    assert (short[0]["reward"], short[0]["truncated"], short[0]["length"]) == (1.0, False, len(right) + 1)
+    calls = []
+    static = tg.static_generate
+    monkeypatch.setattr(tg, "static_generate", lambda *a, **k: calls.append(1) or static(*a, **k))
+    problems = [dict(problem="What is 12 + 34?", answer="46"), dict(problem="Add 1 and 3.", answer="4")]
+    ro = {}
+    for flag in ([], ["--compile"]):
+        args = tg.get_args(["--data", "x", "--group-size", "2", "--gen-batch", "3", "--max-new-tokens", "12",
+                            "--temperature", "1.0", *flag])
+        torch.manual_seed(0)
+        ro[bool(flag)] = tg.rollout(s, j, tok, problems, args, tg.word_start_mask(tok), None)
+    assert len(calls) == 2 and ro[True] == ro[False]  # two generation batches (3 + 1 rollouts), the same rollouts
 
 # ------------------------------------------------------------------------------------------------------------------
-# the whole script
+# appendix: more than one GPU: torchrun and FSDP2 on CPU (gloo, loopback only)
 
-def test_main_end_to_end(tmp_path, tok, capsys):
-    for seed in (0, 1):
-        tiny_model(tok, seed=seed).save_pretrained(tmp_path / f"m{seed}")
-        tok.save_pretrained(tmp_path / f"m{seed}")
-    for name, rows in (("a.jsonl", 3), ("b.jsonl", 2)):
-        (tmp_path / name).write_text("\n".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)})
-                                               for i in range(rows)))
-    argv = ["--senior", str(tmp_path / "m0"), "--senior", str(tmp_path / "m1"), "--junior", str(tmp_path / "m0"),
-            "--data", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--n", "2", "--max-new-tokens", "8",
-            "--batch", "4", "--device", "cpu", "--out", str(tmp_path / "r1.json")]
-    rep = ev.main(ev.get_args(argv))
-    out = capsys.readouterr().out
-    names = list(rep["seniors"])
-    assert len(names) == 2 and all(n in out for n in names) and "macro" in out and f"{names[1]} - {names[0]}" in out
-    saved = json.loads((tmp_path / "r1.json").read_text())
-    assert saved["settings"]["n"] == 2 and saved["files"] == ["a.jsonl", "b.jsonl"]
-    same, other = saved["seniors"][names[0]], saved["seniors"][names[1]]
-    assert same["macro"]["drift"] == 0.0                                       # the junior itself: no drift
-    assert same["macro"]["legibility"] == pytest.approx(same["macro"]["self_ce"], abs=1e-6)
-    assert other["macro"]["drift"] > 0
-    # self-paired, the step schedule draws every token from the same distribution with the same random numbers as solo
-    for f in ("a.jsonl", "b.jsonl"):
-        for p in same["files"][f]["problems"]:
-            assert [x["text"] for x in p["step"]["samples"]] == [x["text"] for x in p["solo"]["samples"]]
-    for f, n_problems in (("a.jsonl", 3), ("b.jsonl", 2)):
-        probs = same["files"][f]["problems"]
-        assert len(probs) == n_problems and all(len(p[s]["samples"]) == 2 for p in probs for s in ev.SCHEDULES)
-        assert all(isinstance(x["text"], str) for p in probs for x in p["step"]["samples"])
-    for key in ("solo pass@1", "step pass@2", "word pass@1"):
-        per_file = [same["files"][f]["metrics"][key][0] for f in ("a.jsonl", "b.jsonl")]
-        assert same["macro"][key][0] == pytest.approx(sum(per_file) / 2)
-    # repeatable: the same seed gives the same run
-    ev.main(ev.get_args(argv[:-1] + [str(tmp_path / "r2.json")]))
-    again = json.loads((tmp_path / "r2.json").read_text())
-    assert again["seniors"] == saved["seniors"] and again["paired"] == saved["paired"]
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-def test_demo_arguments(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    a = ev.get_args(["--demo"])
-    assert a.senior == [str(tg.DEMO_DIR / "model")] == [a.junior] and a.data == [str(tg.DEMO_DIR / "test.jsonl")]
-    (tmp_path / "runs" / "demo").mkdir(parents=True)
-    (tmp_path / "runs" / "demo" / "latest").write_text("step_000040")  # written by python tandem_grpo.py --demo
-    assert ev.get_args(["--demo"]).senior == [a.junior, "runs/demo/step_000040"]
-    b = ev.get_args(["--demo", "--senior", "x", "--n", "2"])       # flags still win
-    assert b.senior == ["x"] and b.n == 2 and b.max_new_tokens == 96
+def ranks_env(r, world, port):
+    return dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world))
 
-def test_senior_with_another_tokenizer_is_refused(tmp_path, tok):
-    tiny_model(tok).save_pretrained(tmp_path / "j")
-    tok.save_pretrained(tmp_path / "j")
-    tiny_model(tok).save_pretrained(tmp_path / "s")
-    other = tok.__class__.from_pretrained(tmp_path / "j")
-    other.add_tokens(["<extra>"])                                  # one more id: the vocabularies differ
-    other.save_pretrained(tmp_path / "s")
-    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
-    with pytest.raises(SystemExit, match="tokenizer differs"):
-        ev.main(ev.get_args(["--senior", str(tmp_path / "s"), "--junior", str(tmp_path / "j"), "--data",
-                             str(tmp_path / "d.jsonl"), "--device", "cpu", "--out", str(tmp_path / "r.json")]))
+def trainable(tok):
+    m = tiny_model(tok, seed=0).requires_grad_(True)
+    m.activation_checkpointing_enable({"use_reentrant": False})
+    return m
+
+def one_step_on_a_rank(r, world, port, tok, ro, a, out):
+    """Rank r of a forked process group: resume a one-process checkpoint (weights and AdamW state), take a
+    train_step on its groups with SGD (lr 1: the update is minus the gradient), then an AdamW step and a checkpoint.
+    Rank 0 keeps what it gathered."""
+    os.environ.update(ranks_env(r, world, port))
+    torch.set_num_threads(1)
+    tg.start_ranks(a)
+    try:
+        m = trainable(tok)
+        tg.distribute(m, None, a)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        assert tg.load_checkpoint(out / "one", m, opt) == 1
+        full = dict(options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        tg.update_mode([m], True)  # FSDP2: state dicts come from the shards (the optimizer's parameters)
+        saved = dict(adam_loaded=copy.deepcopy(get_optimizer_state_dict(m, opt, **full)))  # copies, not views
+        mine = [x for g in range(r, len(ro) // a.group_size, world) for x in ro[g * a.group_size:][:a.group_size]]
+        saved["sgd"] = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=1.0), mine, a)
+        saved["after_sgd"] = copy.deepcopy(get_model_state_dict(m, **full))
+        tg.train_step(m, None, tok, opt, mine, a)
+        tg.save_checkpoint(out / "two", 2, m, tok, opt)
+        tg.update_mode([m], True)
+        saved.update(weights=get_model_state_dict(m, **full), adam=get_optimizer_state_dict(m, opt, **full))
+        if r == 0:
+            torch.save(saved, out / "rank0.pt")
+    finally:
+        tg.stop_ranks()
+
+def same_adam(opt, model, named):
+    return all(torch.equal(opt.state[p][k], named["state"][name][k])
+               for name, p in model.named_parameters() for k in ("exp_avg", "exp_avg_sq", "step"))
+
+@pytest.mark.parametrize("fsdp", [True, False])
+def test_two_ranks_take_the_same_step_as_one_process(tmp_path, tok, senior, junior, fsdp):
+    """4 groups of 4 co-written rollouts, 2 mini-batches: each of 2 ranks holds one group of each. The token count is
+    summed over the ranks before any backward, so the update (SGD: the gradient itself) equals one process's.
+    Checkpoints cross over: one process's loads on 2 ranks, and the 2 ranks' loads on one process."""
+    ps = [p for p in prompts(tok, 4) for _ in range(4)]
+    torch.manual_seed(3)
+    ro = rollouts_for(tok, gen(tok, senior, junior, prompts=ps), ps, [float(c) for c in "1001011100011010"])
+    a = args_for(tok, group_size=4, prompts_per_step=4, mini_batch_prompts=2, micro_batch=3, grad_clip=1e9,
+                 fsdp=fsdp, timeout=1.0)
+    m = trainable(tok)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    tg.train_step(m, None, tok, opt, ro, a)
+    tg.save_checkpoint(tmp_path / "one", 1, m, tok, opt)
+    torch.multiprocessing.start_processes(one_step_on_a_rank, args=(2, free_port(), tok, ro, a, tmp_path), nprocs=2,
+                                          start_method="fork")
+    two = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert same_adam(opt, m, two["adam_loaded"])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    one = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=1.0), ro, a)
+    d1 = torch.cat([(v - before[k]).flatten() for k, v in m.state_dict().items()])  # the update of every weight
+    d2 = torch.cat([(two["after_sgd"][k] - before[k]).flatten() for k in before])
+    assert (d2 - d1).norm() <= 1e-5 * d1.norm() and (d1 != 0).float().mean() > 0.5
+    for k in ("loss", "clip_frac", "grad_norm"):
+        assert two["sgd"][k] == pytest.approx(one[k], rel=1e-5), k
+    m2 = tiny_model(tok, seed=5).requires_grad_(True)
+    opt = torch.optim.AdamW(m2.parameters(), lr=1e-3)
+    assert tg.load_checkpoint(tmp_path / "two", m2, opt) == 2
+    assert all(torch.equal(v, two["weights"][k]) for k, v in m2.state_dict().items())
+    assert same_adam(opt, m2, two["adam"])
+    assert (tmp_path / "two" / "step_000002" / "optim").is_dir() and json.loads(
+        (tmp_path / "two" / "step_000002" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+
+def test_memory_report_per_rank_under_fsdp2(capsys):
+    """One of N ranks: float32 weights, gradients and AdamW are 1/N (AdamW stays on the GPU); rollouts hold the whole
+    senior in bf16, updates the root and two layers, and one group's gradient (bf16 + float32)."""
+    a = tg.get_args(["--data", "x", "--nproc", "4"])
+    rows = [r[1:] for r in tg.sharded_rows(a, n=1000, root=100, layer=225, junior_rollout=True, junior_update=False)]
+    assert rows == [(1000, 1000), (2000, 1100), (0, 1000 + 6 * 225), (2000, 2000), (2000, 0)]
+    assert tg.sharded_rows(a, 1000, 100, 225, True, True)[4][1:] == (2000, 2000)     # --kl-coef: the whole junior
+    a.shard_junior = True
+    assert tg.sharded_rows(a, 1000, 100, 225, True, True)[4][1:] == (2000, 500)      # --shard-junior: 1/N of it
+    cfg = str(tg.DEMO_DIR.parent / "configs" / "qwen3-0.6b")
+    peaks = [tg.memory_report(tg.get_args(["--model", cfg, "--nproc", n])) for n in ("1", "2", "8")]
+    assert peaks[2] < peaks[1] and "one of 8 ranks (FSDP2)" in capsys.readouterr().out
+
+def test_a_collective_gives_up_after_the_timeout(tok):
+    """Rank 1 never reaches the collective: rank 0 stops with an error after --timeout instead of hanging, and says
+    which rank failed and why in one line."""
+    def work(r, port):
+        os.environ.update(ranks_env(r, 2, port))
+        tg.start_ranks(args_for(tok, timeout=2 / 60, device="cpu"))
+        try:
+            if r == 1:
+                time.sleep(4)
+            else:
+                with pytest.raises(RuntimeError, match="Timed out waiting 2000ms") as e:
+                    tg.all_sum(1.0)
+                with contextlib.redirect_stderr(io.StringIO()) as err:
+                    tg.rank_failed(e.value)
+                assert err.getvalue().startswith("error: rank 0 of 2 failed: RuntimeError: ")
+                assert err.getvalue().endswith("(it waited longer than --timeout for another rank)\n")
+        finally:
+            tg.stop_ranks()
+    torch.multiprocessing.start_processes(work, args=(free_port(),), nprocs=2, start_method="fork")
+
+def main_on_a_rank(r, port, argv):
+    os.environ.update(ranks_env(r, 2, port))
+    try:
+        tg.main(tg.get_args(argv))
+    finally:
+        tg.stop_ranks()
+
+def test_two_rank_demo_loses_a_rank_and_resumes_on_one(tmp_path, capsys):
+    """A 2-rank --demo run (FSDP2 for the senior and --shard-junior, gloo). Rank 1 is killed (as by the OOM killer)
+    after the step-2 checkpoint and the job stops; --resume on one process continues from the last checkpoint, AdamW
+    state included."""
+    out = tmp_path / "o"
+    small = ["--demo", "--out", str(out), "--prompts-per-step", "2", "--mini-batch-prompts", "2", "--group-size", "4",
+             "--max-new-tokens", "8", "--val-size", "0", "--save-every", "1", "--log-every", "0", "--show-every", "0"]
+    job = torch.multiprocessing.start_processes(main_on_a_rank, nprocs=2, join=False, start_method="fork",
+                                                args=(free_port(), [*small, "--steps", "1000", "--timeout", "0.5",
+                                                                    "--shard-junior"]))
+    deadline = time.time() + 60
+    while not ((out / "latest").exists() and (out / "latest").read_text() >= "step_000002") and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(job.pids()[1], signal.SIGKILL)
+    with pytest.raises(ProcessException):   # rank 1 died (or rank 0 lost it first)
+        while not job.join():
+            pass
+    assert job.processes[1].exitcode == -signal.SIGKILL and not any(p.is_alive() for p in job.processes)
+    k = int((out / "latest").read_text()[len("step_"):])
+    assert k >= 2 and (out / f"step_{k:06d}" / "optim").is_dir()
+    tg.main(tg.get_args([*small, "--steps", str(k + 2), "--resume"]))
+    assert f"resumed from {out / f'step_{k:06d}'} (step {k})" in capsys.readouterr().out
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, k + 3))
+    adam = torch.load(out / f"step_{k + 2:06d}" / "trainer.pt", weights_only=False)["optimizer"]["state"]
+    assert {s["step"].item() for s in adam.values()} == {k + 2}   # one update a step: none lost, none redone
 
 # ------------------------------------------------------------------------------------------------------------------
-# reward: the answer checker (a table of hand-written cases, injections, pathological inputs)
+# appendix: the answer checker behind reward() (hand-written cases, injections, pathological inputs)
 
 # (gold, completion, expected reward). Golds are written the way the datasets write them
 # (MATH: bare LaTeX, OlympiadBench: $...$, some sets: \boxed{}), completions the way models answer.
@@ -946,7 +999,9 @@ CASES = [
     ("5", r"\boxed{}", 0),
     ("12", r"\boxed{\boxed{12}}", 1),
     (r"\{1,2\}", r"The solution set is $\boxed{\{1, 2\}}$.", 1),
-    ("3, 5", r"The roots are \boxed{3} and \boxed{5}.", 0),  # only the last box counts
+    ("3, 5", r"The roots are \boxed{3} and \boxed{5}.", 1),  # boxes joined by "and" are one answer
+    ("5", r"The roots are \boxed{3} and \boxed{5}.", 0),
+    ("3, 5", r"First guess \boxed{3}. Wait, I made an error; correcting it gives \boxed{5}.", 0),  # a separate step
     # --- \dfrac, \frac12, \sqrt3, \left \right, spacing -----------------------------------------
     (r"\frac{1}{2}", r"\boxed{\dfrac{1}{2}}", 1),
     (r"\frac{1}{2}", r"\boxed{\tfrac12}", 1),
@@ -983,7 +1038,11 @@ CASES = [
     (r"\frac{\pi}{6}", r"\boxed{30^\circ}", 0),  # no degree/radian conversion
     (r"25\%", r"\boxed{25}", 1),
     ("25", r"\boxed{25\%}", 1),
-    (r"25\%", r"\boxed{0.25}", 0),  # the percent sign is dropped, not rescaled
+    (r"25\%", r"\boxed{0.25}", 1),  # a percent may be written as a fraction
+    (r"25\%", r"\boxed{2.5}", 0),
+    (r"25\%", r"\boxed{0.025}", 0),
+    ("0.25", r"\boxed{25\%}", 1),
+    ("25", r"\boxed{0.25}", 0),  # no percent sign: no rescaling
     (r"\$18.90", r"\boxed{18.90}", 1),
     ("18.90", r"\boxed{\$18.9}", 1),
     ("18.90", r"\boxed{\$19.80}", 0),
@@ -1151,7 +1210,8 @@ CASES = [
     ("1, 2", r"\boxed{\{1,2\}}", 1),
     ("1, 2, 3", r"\boxed{3, 1, 2}", 1),
     ("1, 2, 3", r"\boxed{1, 2}", 0),
-    ("1, 2", r"\boxed{1, 2, 2}", 0),
+    ("1, 2", r"\boxed{1, 2, 2}", 1),  # a list names a set: a repeated item counts once
+    ("1, 2", r"\boxed{1, 2, 2, 3}", 0),
     ("-2, 3", r"\boxed{2, -3}", 0),
     ("1, 2", r"\boxed{x = 1, x = 2}", 1),
     ("-1, 2", r"\boxed{x=-1 \text{ or } x=2}", 1),
@@ -1171,6 +1231,10 @@ CASES = [
     (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{pmatrix}1&2\\3&-4\end{pmatrix}}", 0),
     (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 \\ -2 \end{pmatrix}}", 1),
     (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 & -2 \end{pmatrix}}", 0),
+    (r"(\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix})",
+     r"\boxed{\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\end{pmatrix}}", 1),
+    (r"(\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix})",
+     r"\boxed{\begin{pmatrix}-\frac{7}{4}&2\\4&\frac{1}{4}\end{pmatrix}}", 0),
     (r"\begin{pmatrix} \frac{1}{2} & 0 \\ 0 & \frac{1}{2} \end{pmatrix}",
      r"\boxed{\begin{pmatrix} 0.5 & 0 \\ 0 & 1/2 \end{pmatrix}}", 1),
     # --- more forms seen in model outputs --------------------------------------------------------
@@ -1207,6 +1271,164 @@ CASES = [
      "\\boxed{204}", 1),
     ("204", "... therefore $n = 17 \\cdot 12$, i.e. $\\boxed{17 \\cdot 12}$.", 1),
     ("204", "... therefore $n = 17 \\cdot 11 = \\boxed{187}$.", 0),
+    # --- several boxes make one answer (separators only: commas, and/or, \quad, \text{ and }, labels) ------
+    ("(1, 2), (2, 1)", r"so the solutions are \boxed{(1, 2)}, \boxed{(2, 1)}", 1),
+    ("(1, 2), (2, 1)", r"so the solutions are \boxed{(1, 2)}, \boxed{(2, 2)}", 0),
+    ("(1, 2), (2, 1)", r"so the solutions are \boxed{(2, 1)}", 0),
+    ("3, -5", r"$\boxed{3} \quad\text{and}\quad \boxed{-5}$", 1),
+    ("3, -5", r"$\boxed{3} \quad\text{and}\quad \boxed{5}$", 0),
+    ("-5", r"$\boxed{3} \quad\text{and}\quad \boxed{-5}$", 0),
+    ("(2, 2), (1, 3)", r"$$\boxed{(2, 2)} \text{ for part (a) and } \boxed{(1, 3)}$$", 1),
+    ("(2, 2), (1, 3)", r"$$\boxed{(2, 2)} \text{ for part (a) and } \boxed{(3, 1)}$$", 0),
+    ("k = 45, n = 2", r"$$\boxed{k = 45} \quad \text{and} \quad \boxed{n = 2}$$", 1),
+    ("k = 45, n = 2", r"$$\boxed{k = 2} \quad \text{and} \quad \boxed{n = 45}$$", 0),
+    ("y_1 = 2x + 1, y_2 = 3x", r"\(y_1 = \boxed{2x+1}\) and \(y_2 = \boxed{3x}\)", 1),
+    ("y_1 = 2x + 1, y_2 = 3x", r"\(y_1 = \boxed{3x}\) and \(y_2 = \boxed{2x+1}\)", 0),  # order matters
+    (r"\frac{1}{2}", r"Part 1 gives \boxed{4}. For part 2 the probability is \boxed{\frac{1}{2}}.", 1),
+    ("x_1 = 2, x_2 = 3", r"$\boxed{2} \text{ and } \boxed{3}$", 1),
+    ("x_1 = 2, x_2 = 3", r"$\boxed{3} \text{ and } \boxed{2}$", 0),
+    ("143", "So, \\boxed{143}\n\n**Final Answer**\n\\boxed{143}", 1),
+    ("143", "So, \\boxed{142}\n\n**Final Answer**\n\\boxed{143}", 1),  # the earlier box is a separate step
+    (r"\boxed{1}\boxed{2}", r"\boxed{2, 1}", 1),
+    (r"\boxed{1}\boxed{2}", r"\boxed{2}", 0),
+    (r"\(\boxed{1}\) and \(\boxed{-2}\).", r"$\boxed{-2, 1}$.", 1),
+    (r"\(\boxed{1}\) and \(\boxed{-2}\).", r"$\boxed{2, 1}$.", 0),
+    # --- solution-text golds and lists of accepted answers --------------------------------------------
+    (r"Thus the sum is $3 + 4 = \boxed{7}$.", r"\boxed{7}", 1),
+    (r"Thus the sum is $3 + 4 = \boxed{7}$.", r"\boxed{3}", 0),
+    (r"So $x = \boxed{1}$ or $x = \boxed{2}$.", r"\boxed{x = 2 \text{ or } x = 1}", 1),
+    (r"So $x = \boxed{1}$ or $x = \boxed{2}$.", r"\boxed{2}", 0),
+    ([r"\frac{\pi}{3}", r"60^\circ"], r"\boxed{60^{\circ}}", 1),
+    ([r"\frac{\pi}{3}", r"60^\circ"], r"\boxed{\frac{\pi}{3}}", 1),
+    ([r"\frac{\pi}{3}", r"60^\circ"], r"\boxed{\frac{\pi}{6}}", 0),
+    (["4.5e33", r"4.5 \times 10^{33}"], r"\boxed{45 \times 10^{32}}", 1),
+    ([], r"\boxed{5}", 0),
+    # --- \{ and \} are escaped braces: a piecewise gold is no empty box ---------------------------------------
+    (r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 3 & p \ge 1 \end{array} \right.}",
+     r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 3 & p \ge 1 \end{array} \right.}", 1),
+    (r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 3 & p \ge 1 \end{array} \right.}",
+     r"\boxed{C(p) = \left\{ \begin{array}{ll} 2p & p < 1 \\ 4 & p \ge 1 \end{array} \right.}", 0),
+    # --- labelled parts: name = value items against bare values, in order ---------------------------------
+    ("45, 2", r"\boxed{k = 45, n = 2}", 1),
+    ("45, 2", r"\boxed{k = 2, n = 45}", 0),
+    ("2, 45", r"\boxed{k = 45, n = 2}", 0),
+    (r"AB = 4,\ CD = 5", r"\boxed{4, 5}", 1),
+    (r"AB = 4,\ CD = 5", r"\boxed{5, 4}", 0),
+    (r"AB = 4,\ CD = 5", r"\boxed{4}", 0),
+    ("x = 1, y = 2", r"\boxed{(1, 2)}", 1),
+    ("x = 1, y = 2", r"\boxed{(2, 1)}", 0),
+    ("x = 1, y = 2", r"\boxed{[1, 2]}", 0),  # an interval is no pair of values
+    ("x = 1, y = 2", r"\boxed{y = 2, x = 1}", 1),
+    ("x = 1, y = 2", r"\boxed{x = 2, y = 1}", 0),
+    ("x = 1, y = 2", r"\boxed{x = 1, x = 2}", 0),
+    (r"\frac{NO}{BO} = \frac{1}{\sqrt{6}}", r"\boxed{\frac{\sqrt6}{6}}", 1),
+    (r"\frac{NO}{BO} = \frac{1}{\sqrt{6}}", r"\boxed{\frac{1}{6}}", 0),
+    ("|AB| = 5", r"\boxed{5}", 1),
+    ("2x + 3y = 6", r"\boxed{6}", 0),  # a left side that is no name gives no value
+    ("7 = 11a + c", r"\boxed{11a+c}", 0),
+    # --- alternatives in words, semicolons ------------------------------------------------------------
+    (r"(11, 7) \text{ or } (7, 11)", r"\boxed{(7,11),\ (11,7)}", 1),
+    (r"(11, 7) \text{ or } (7, 11)", r"\boxed{(7,11)}", 0),
+    ("(11,7)or(7,11)", r"\boxed{(11, 7), (7, 11)}", 1),
+    (r"W(x) = 1 \text{ or } W(x) = -1", r"\boxed{W(x) = -1 \text{ or } W(x) = 1}", 1),
+    (r"W(x) = 1 \text{ or } W(x) = -1", r"\boxed{W(x) = 1}", 0),
+    (r"2, 3, \text{ and } 4", r"\boxed{4, 3, 2}", 1),
+    (r"2, 3, \text{ and } 4", r"\boxed{2, 3, 5}", 0),
+    ("-12; -11; -10", r"\boxed{\{-12, -11, -10\}}", 1),
+    ("-12; -11; -10", r"\boxed{\{-12, -11\}}", 0),
+    ("(0; -2; 6)", r"\boxed{(0, -2, 6)}", 1),
+    ("(0; -2; 6)", r"\boxed{(0, 6, -2)}", 0),
+    ("p = 5, q = 2; p = 7, q = 2", r"\boxed{(7, 2), (5, 2)}", 1),
+    ("p = 5, q = 2; p = 7, q = 2", r"\boxed{(5, 2), (2, 7)}", 0),
+    (r"\pm 2021", r"\boxed{{-2021, 2021}}", 1),
+    # --- equations without variables are statements ---------------------------------------------------
+    (r"\log_6 216 = 3", r"\boxed{\log_{6}216=3}", 1),
+    (r"\log_6 216 = 3", r"\boxed{3}", 1),
+    (r"\log_6 216 = 3", r"\boxed{\log_6 36 = 3}", 0),
+    (r"\log_6 216 = 3", r"\boxed{2}", 0),
+    (r"2^{10} = 1024", r"\boxed{1024 = 2^{10}}", 1),
+    (r"2^{10} = 1024", r"\boxed{2^{10} = 1000}", 0),
+    # --- \approx keeps each item's exact part and never drops later items ------------------------------
+    (r"a \approx 0.67, b \approx 2.48", r"\boxed{a \approx 0.67}", 0),
+    (r"a \approx 0.67, b \approx 2.48", r"\boxed{a = 0.67, b = 2.48}", 1),
+    (r"a \approx 0.67, b \approx 2.48", r"\boxed{a = 0.67, b = 2.84}", 0),
+    (r"\frac{2}{3}, \frac{5}{2}", r"\boxed{\frac23 \approx 0.67, \frac52 \approx 2.5}", 1),
+    (r"\frac{2}{3}, \frac{5}{2}", r"\boxed{\frac23 \approx 0.67}", 0),
+    # --- number bases, thousands with \!, \textnormal, currency and unit glyphs ---------------------------
+    ("52_8", r"\boxed{52_{8}}", 1),
+    ("52_8", r"\boxed{52_9}", 0),
+    ("52_8", r"\boxed{42}", 0),
+    ("52_8", r"\boxed{25_8}", 0),
+    ("11111100", r"\boxed{11,\!111,\!100}", 1),
+    ("11111100", r"\boxed{11,\! 111,\! 100}", 1),
+    ("11111100", r"\boxed{1,\!111,\!100}", 0),
+    (r"\frac{2469}{20000}", r"\boxed{\frac{2469}{20,\!000}}", 1),
+    (r"\frac{2469}{20000}", r"\boxed{\frac{2469}{2,\!000}}", 0),
+    ("125", r"The distance is $\boxed{125\textnormal{ miles}}.$", 1),
+    ("125", r"\boxed{\textrm{125}}", 1),
+    ("125", r"\boxed{\textnormal{152}}", 0),
+    (r"\textit{odd}", r"\boxed{\text{odd}}", 1),
+    ("1000.99", "\\boxed{1,000.99\u20ac}", 1),
+    ("1000.99", "\\boxed{1,000.99 m\u00b2}", 1),
+    ("1000.99", "\\boxed{1,000.90\u20ac}", 0),
+    # --- more of the language -------------------------------------------------------------------------
+    (r"\lfloor \frac{7}{2} \rfloor", r"\boxed{3}", 1),
+    (r"\lfloor \frac{7}{2} \rfloor", r"\boxed{4}", 0),
+    (r"\lceil \frac{7}{2} \rceil", r"\boxed{4}", 1),
+    (r"\left\lfloor \frac{n}{2} \right\rfloor", r"\boxed{\lfloor n/2 \rfloor}", 1),
+    (r"\lfloor x \rfloor", r"\boxed{\lceil x \rceil}", 0),
+    (r"2\overline{AB}", r"\boxed{\overline{AB} \cdot 2}", 1),
+    (r"\bar{z} + z", r"\boxed{z + \bar z}", 1),
+    (r"\bar{z} + z", r"\boxed{2z}", 0),
+    ("0.3", r"\boxed{0.\overline{3}}", 0),  # repeating decimals are not read
+    ("0", r"\boxed{0.\overline{3}}", 0),
+    (r"5x^2", "\\boxed{5x\u00b2}", 1),
+    ("5", "\\boxed{5x\u00b2}", 0),
+    ("5", "\\boxed{5\u00b2}", 0),
+    ("f'(x) = 2x", r"\boxed{2x}", 1),
+    ("a' + b'", r"\boxed{b' + a'}", 1),
+    ("a'", r"\boxed{a}", 0),
+    (r"\rho_{0}", r"\boxed{\rho_0}", 1),
+    (r"\frac{\rho_0}{2}", r"\boxed{0.5\rho_{0}}", 1),
+    (r"2\rho_{0}", r"\boxed{2\rho_1}", 0),
+    ("(n-2)2^{n}", r"\boxed{2^n (n-2)}", 1),
+    ("(n-2)2^{n}", r"\boxed{(n-2)2^{n+1}}", 0),
+    ("(n-2)2^{n}", r"\boxed{n 2^n}", 0),
+    (r"\sum_{k=1}^{10} k", r"\boxed{55}", 1),
+    (r"\sum_{k=1}^{10} k", r"\boxed{45}", 0),
+    (r"\prod_{k=1}^{5} k", r"\boxed{5!}", 1),
+    (r"\sum_{k=1}^{3} x^k", r"\boxed{x^3+x^2+x}", 1),
+    (r"\sum_{k=1}^{3} a_k", r"\boxed{a_1 + a_2 + a_3}", 1),
+    (r"\sum_{k=1}^{3} a_k", r"\boxed{3a_k}", 0),
+    (r"\sum_{k=1}^{n} k^2", r"\boxed{\sum_{k=1}^{n} k^{2}}", 1),
+    (r"\sum_{k=1}^{n} k^2", r"\boxed{\sum_{k=1}^{n} k^{3}}", 0),
+    (r"F_n = \sum_{k=0}^{n-1} F_k F_{n-k-1}", r"\boxed{F_n = \sum_{k=0}^{n-1} F_{n-k-1} F_k}", 1),
+    (r"F_n = \sum_{k=0}^{n-1} F_k F_{n-k-1}", r"\boxed{F_n = \sum_{k=0}^{n-2} F_k F_{n-k-2}}", 0),
+    (r"\frac{1}{3}", r"\boxed{\\dfrac{1}{3}}", 1),
+    (r"\\frac{1}{3}", r"\boxed{\frac{1}{4}}", 0),
+    # --- e-notation -----------------------------------------------------------------------------------
+    (r"4.5 \times 10^{33}", r"\boxed{4.5e33}", 1),
+    ("4.5e33", r"\boxed{4.5 \times 10^{33}}", 1),
+    ("4.5e33", r"\boxed{4.5 \times 10^{32}}", 0),
+    ("4.5e33", r"\boxed{4.5e-33}", 0),
+    ("1e-5", r"\boxed{0.00001}", 1),
+    ("1e-5", r"\boxed{e-5}", 0),
+    ("e-5", r"\boxed{1e-5}", 0),
+    ("3*s**2", r"\boxed{3s^2}", 1),
+    ("3*s**2", r"\boxed{3s^3}", 0),
+    ("1.2e3", r"\boxed{1200}", 1),
+    ("7.5e+33", r"\boxed{7.5 \times 10^{33}}", 1),
+    # --- ratios are the number a/b ------------------------------------------------------------------------
+    ("3:4", r"\boxed{\frac34}", 1),
+    (r"\frac{3}{4}", r"\boxed{3:4}", 1),
+    ("3:4", r"\boxed{3 : 4}", 1),
+    ("3:4", r"\boxed{4:3}", 0),
+    ("3:4", r"\boxed{0.75}", 1),
+    (r"V_1 : V_2 = 11 : 21", r"\boxed{11:21}", 1),
+    (r"V_1 : V_2 = 11 : 21", r"\boxed{21:11}", 0),
+    # --- an interval of a function's values -------------------------------------------------------------
+    ("(0, 1)", r"\boxed{0 < f(x) < 1}", 1),
+    ("(0, 1)", r"\boxed{0 < f(x) \le 1}", 0),
 ]
 
 
@@ -1216,20 +1438,26 @@ def test_reward_table(gold, completion, expected):
 
 
 def test_table_is_large_and_balanced():
-    assert len(CASES) >= 150
-    assert sum(e == 0 for _, _, e in CASES) >= 50
+    assert len(CASES) >= 400
+    assert sum(e == 0 for _, _, e in CASES) >= 150
 
 
 @pytest.mark.parametrize("text,expected", [
     (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
     (r"\boxed{a} then \fbox{b}", "b"),
     (r"\boxed{\left\{ x \right\}} text after", r"\left\{ x \right\}"),
+    (r"\boxed{C(p) = \left\{ 2p \right.}", r"C(p) = \left\{ 2p \right."),  # \{ is no brace
     (r"$\boxed 7$", "7"),
     (r"\boxed{unclosed", None),
+    (r"\boxed{1} and \boxed{2", None),  # a truncated last box: no answer
     ("no box here", None),
+    (r"\boxed{1}, \boxed{2},\quad\text{and}\quad \boxed{3}.", "1, 2, 3"),
+    (r"$x_1 = \boxed{1}$ \text{ or } $x_2 = \boxed{2}$", "1, 2"),
+    (r"\boxed{1} (the first part). Then the second part is \boxed{2}", "2"),
+    (r"\boxed{\boxed{12}}", "12"),
 ])
-def test_last_boxed(text, expected):
-    assert tg.last_boxed(text) == expected
+def test_final_answer(text, expected):
+    assert tg.final_answer(text) == expected
 
 
 INJECTIONS = [
@@ -1243,6 +1471,11 @@ INJECTIONS = [
     "Symbol('x').__init__.__globals__",
     r"\text{{__import__('os').system('touch {m}')}}",
     "x + __import__('os').system('touch {m}')",
+    r"\sum_{{k=1}}^{{3}} __import__('os').system('touch {m}')",
+    r"1}} \quad\text{{and}}\quad \boxed{{__import__('os').system('touch {m}')",  # a second, joined box
+    r"52_{{__import__('os').system('touch {m}')}}",
+    r"1e5; __import__('os').system('touch {m}')",
+    r"\overline{{__import__('os')}} : \lfloor exec('touch {m}') \rfloor",
 ]
 
 
@@ -1278,6 +1511,21 @@ PATHOLOGICAL = [
     (r"\boxed{2^{2^{2^{2^{2}}}}}", "2^{65536}+1"),
     ("\\boxed{" + ", ".join(f"x+{i}" for i in range(120)) + "}", ", ".join(f"x+{i}" for i in range(1, 121))),
     ("\\boxed{5 " + "ab " * 300 + "!}", "5"),
+    (r"\boxed{\sum_{k=1}^{10^{100}} k^{k^{k}}}", "1"),  # huge bounds: kept as a sum, never evaluated
+    (r"\boxed{\sum_{k=1}^{999} k^{k^{k}}}", "1"),  # each term through the same size caps
+    (r"\boxed{\prod_{k=1}^{999} k^{999}}", "1"),
+    (r"\boxed{\sum_{i=1}^{999}\sum_{j=1}^{999}\sum_{k=1}^{999} i j k}", "1"),  # 10^9 terms: the deadline
+    ("\\boxed{" + "9" * 400 + "_{" + "7" * 400 + "}}", "9" * 400 + "_{" + "7" * 399 + "}"),  # a huge base
+    (r"\boxed{1e99999999}", "1e99999998"),  # e-notation with a huge exponent
+    ("\\boxed{1e" + "9" * 5000 + "}", "1"),
+    (r"\boxed{4.5e10000}", "4.5e9999"),
+    ("\\boxed{1}, " * 100_000 + "\\boxed{2}", "1, 2"),  # 100,001 joined boxes
+    (r"\boxed{\lfloor 10^{9999} \pi \rfloor}", "1"),
+    ("\\boxed{" + "\\lfloor " * 300 + "1" + " \\rfloor" * 300 + "}", "1"),
+    ("\\boxed{" + ":".join(["1"] * 400) + "}", "1"),
+    ("\\boxed{" + "; ".join(["(1; 2)"] * 150) + "}", "(1, 2)"),
+    ("\\boxed{1} and " * 30 + "\\boxed{" + "(" * 300, "1"),
+    (("\\boxed{1}" + " and" * 48 + " x" + "\\boxed{2}") * 50, "1, 2"),  # separators that backtrack exponentially
 ]
 
 
@@ -1307,6 +1555,398 @@ def test_no_exception_escapes():
         assert tg.reward(r"\boxed{5}", bad) == 0.0
 
 # ------------------------------------------------------------------------------------------------------------------
+# eval.py (after every section of tandem_grpo.py): pass@k, bootstrap intervals, CE and KL, handoff schedules
+
+def eos_of(tok):
+    return tg.eos_ids(tok)
+
+def eval_args(**kw):
+    a = ev.get_args(["--senior", "x", "--data", str(tg.DEMO_DIR / "test.jsonl"), "--device", "cpu"])
+    small = dict(n=4, max_new_tokens=24, batch=16, tf_batch=8, temperature=1.0, top_k=0, top_p=1.0)
+    for k, v in {**small, **kw}.items():
+        setattr(a, k, v)
+    return a
+
+class Boost(torch.nn.Module):
+    """An output layer that adds `by` to the logits of `ids` (to make a tiny random model write blank lines)."""
+    def __init__(self, head, ids, by):
+        super().__init__()
+        self.head, self.ids, self.by = head, ids, by
+    def forward(self, h):
+        out = self.head(h)
+        out[..., self.ids] += self.by
+        return out
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token logits are the same vector w at every position: h = 1, logits = w h."""
+    def __init__(self, w):
+        super().__init__()
+        self.head = torch.nn.Linear(1, len(w), bias=False)
+        self.head.weight.data = w[:, None].clone()
+    def get_decoder(self):
+        return lambda input_ids, **kw: SimpleNamespace(last_hidden_state=torch.ones(*input_ids.shape, 1))
+    def get_output_embeddings(self):
+        return self.head
+
+# ------------------------------------------------------------------------------------------------------------------
+# statistics
+
+def test_pass_at_k_hand_values():
+    assert ev.pass_at_k(8, 3, 1) == pytest.approx(0.375)                      # c / n
+    assert ev.pass_at_k(8, 3, 2) == pytest.approx(1 - 10 / 28)                # C(5,2) / C(8,2)
+    assert ev.pass_at_k(8, 3, 4) == pytest.approx(1 - math.comb(5, 4) / math.comb(8, 4))  # 1 - 5/70
+    assert ev.pass_at_k(8, 3, 8) == 1.0 and ev.pass_at_k(8, 5, 4) == 1.0      # k > n - c: a correct one is drawn
+    assert ev.pass_at_k(8, 0, 4) == 0.0 and ev.pass_at_k(8, 8, 1) == 1.0
+    assert ev.ks_for(8) == [1, 2, 4, 8] and ev.ks_for(6) == [1, 2, 4, 6] and ev.ks_for(1) == [1]
+
+def test_bootstrap_contains_estimate_and_narrows():
+    few = torch.tensor([1.0] * 6 + [0.0] * 14)                # 20 problems, mean 0.3
+    many = few.repeat(100)                                    # 2000 problems, same mean
+    lo1, hi1 = ev.bootstrap_ci([few])
+    lo2, hi2 = ev.bootstrap_ci([many])
+    assert lo1 < 0.3 < hi1 and lo2 < 0.3 < hi2
+    # the normal approximation: width = 2 * 1.96 * sqrt(0.3 * 0.7 / n)
+    assert hi1 - lo1 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 20), rel=0.15)
+    assert hi2 - lo2 == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 2000), rel=0.1)
+    # macro over two files: the interval of (mean_1 + mean_2) / 2; a file without variance adds none
+    lo3, hi3 = ev.bootstrap_ci([many, torch.ones(50)])
+    assert (lo3, hi3) == pytest.approx(((lo2 + 1) / 2, (hi2 + 1) / 2), abs=0.01)
+    assert ev.bootstrap_ci([torch.full((30,), 0.25)]) == pytest.approx((0.25, 0.25))
+
+def fake_file(rewards_by_problem, legibility=None):
+    """An evaluate() result whose three schedules share the given rewards; solo samples carry the given legibility."""
+    res = {}
+    for sch in ev.SCHEDULES:
+        res[sch] = [[dict(reward=r, length=10, senior_tokens=5, truncated=False) for r in rs]
+                    for rs in rewards_by_problem]
+    for i, x in enumerate(x for s in res["solo"] for x in s):
+        x.update(legibility=legibility[i] if legibility else 1.0, self_ce=0.5, drift=0.1)
+    return res
+
+def test_metrics_macro_and_paired_by_problem():
+    a = eval_args(n=2)
+    f1 = fake_file([[1, 0], [0, 0]], legibility=[1, 3, 1, 3])   # pass@1 per problem 0.5, 0 -> 0.25
+    f2 = fake_file([[1, 1], [1, 1], [1, 1], [1, 1]], legibility=[4] * 8)
+    m = ev.metrics([f1, f2], a)
+    assert m["solo pass@1"][0] == pytest.approx((0.25 + 1) / 2)  # macro: files weigh equally, not problems
+    assert m["solo pass@2"][0] == pytest.approx((0.5 + 1) / 2)   # problem 1 of f1: 1 - C(1,2)/C(2,2) = 1
+    assert m["legibility"] == pytest.approx((2 + 4) / 2)         # per response, per file, then macro
+    assert m["step/solo pass@2"] == pytest.approx(1.0) and m["word share"] == pytest.approx(0.5)
+    # paired by problem: b is a plus 1/2 on every problem -> the difference is exactly 1/2, with a zero-width interval
+    b = fake_file([[1, 1], [1, 0]])
+    d = ev.paired([b], [f1], a)
+    assert d["solo pass@1"] == pytest.approx([0.5, 0.5, 0.5])
+    lo, hi = ev.metrics([f1], a)["solo pass@1"][1:]
+    assert hi - lo > 0.4  # unpaired, each senior's own interval is wide
+
+# ------------------------------------------------------------------------------------------------------------------
+# legibility and drift
+
+def test_cross_entropy_and_kl_hand_values(tok):
+    V, a, b = len(tok), 7, 9
+    wide = torch.full((V + 24,), 50.0)        # ids past the tokenizer get huge logits: they must be cut
+    w_s, w_j = wide.clone(), wide.clone()
+    w_s[:V], w_j[:V] = 0.0, 0.0
+    w_s[a] = math.log(3)                       # senior p: 3/(V+2) on a, 1/(V+2) elsewhere; junior q: uniform 1/V
+    s, j = FixedLogits(w_s), FixedLogits(w_j)
+    s.parameters = j.parameters = lambda: iter([torch.zeros(1)])
+    pairs = [([1, 2, 3], [a, b, b]), ([4, 5], [b])]
+    out = ev.teacher_forced(s, j, pairs, V, tok.pad_token_id, batch=2)
+    kl = 3 / (V + 2) * math.log(3 * V / (V + 2)) + (V - 1) / (V + 2) * math.log(V / (V + 2))
+    ce_s = [(math.log((V + 2) / 3) + 2 * math.log(V + 2)) / 3, math.log(V + 2)]   # averaged per response
+    for (leg, self_ce, drift), ce in zip(out, ce_s):
+        assert leg == pytest.approx(math.log(V), rel=1e-5)
+        assert self_ce == pytest.approx(ce, rel=1e-5)
+        assert drift == pytest.approx(kl, rel=1e-4)
+
+def test_teacher_forced_matches_unpadded_forward(tok):
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    torch.manual_seed(0)
+    g = tg.tandem_generate(s, None, prompts(tok, 3), eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id,
+                           n_vocab=len(tok), schedule="solo", max_new_tokens=12, temperature=1.0)
+    pairs = [(p, g["tokens"][i][g["mask"][i]].tolist()) for i, p in enumerate(prompts(tok, 3))]
+    out = ev.teacher_forced(s, j, pairs, len(tok), tok.pad_token_id, batch=3)
+    for (p, r), (leg, self_ce, drift) in zip(pairs, out):  # reference: each row alone, full forward, then cut
+        seq = torch.tensor([p + r])
+        logp = s(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
+        logq = j(seq).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
+        y = torch.tensor(r)[:, None]
+        assert leg == pytest.approx(-logq.gather(1, y).mean().item(), rel=1e-5)
+        assert self_ce == pytest.approx(-logp.gather(1, y).mean().item(), rel=1e-5)
+        ref = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).mean().item()
+        assert drift == pytest.approx(ref, rel=1e-4) and drift > 0
+
+def test_chain_of_thought_drops_eos_and_leaves_long_chains_out():
+    assert ev.chain_of_thought(10, [5, 6, 7], truncated=False) == [5, 6]    # the end-of-turn token is not read
+    assert ev.chain_of_thought(10, [5, 6, 7], truncated=True) == [5, 6, 7]  # cut: there is no end-of-turn token
+    assert ev.chain_of_thought(10, [7], truncated=False) is None            # nothing left to read
+    assert ev.chain_of_thought(88, list(range(4000)), truncated=True) is None       # prompt + chain 4,088: left out
+    assert len(ev.chain_of_thought(88, list(range(4000)), truncated=False)) == 3999  # 4,087 after the EOS: kept
+
+def test_legibility_is_the_junior_ce_without_eos(tok, monkeypatch):
+    """A scripted senior writes `right` then EOS; legibility must be the junior's mean CE over `right` alone."""
+    right = tok("The answer is \\boxed{46}.", add_special_tokens=False).input_ids
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    p = tg.prompt_ids(tok, probs[0]["problem"])
+    logq = j(torch.tensor([p + right + [tok.eos_token_id]])).logits[0, len(p) - 1:-1, :len(tok)].log_softmax(-1)
+    ce = -logq.gather(1, torch.tensor(right + [tok.eos_token_id])[:, None])[:, 0]   # [len(right) + 1]
+    ws, se, a = tg.word_start_mask(tok), tg.step_end_mask(tok), eval_args(n=1, max_new_tokens=len(right) + 1)
+    for limit, kept in ((len(p) + len(right) + 1, True), (len(p) + len(right), False)):  # prompt + chain >= limit: out
+        monkeypatch.setattr(ev, "LEGIBILITY_MAX", limit)
+        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+        res = ev.evaluate(s, j, tok, probs, a, ws, se, eos_of(tok))
+        x, m = res["solo"][0][0], ev.metrics([res], a)
+        assert x["length"] == len(right) + 1 and not x["truncated"]
+        if kept:
+            assert x["legibility"] == pytest.approx(ce[:-1].mean().item(), rel=1e-5)
+            assert x["legibility"] != pytest.approx(ce.mean().item(), rel=1e-3)   # with the EOS it would differ
+            assert x["self_ce"] == pytest.approx(math.log(len(tok)), rel=1e-5)     # the script is uniform after
+            assert m["legibility"] == x["legibility"] and m["left out"] == 0
+        else:
+            assert x["legibility"] is x["drift"] is x["self_ce"] is None
+            assert m["legibility"] is None and m["left out"] == 1
+
+# ------------------------------------------------------------------------------------------------------------------
+# schedules and budgets
+
+def test_budget():
+    assert ev.budget(100, 3000, "step") == 3000 == ev.budget(100, 3000, "solo")
+    assert ev.budget(1500, 3000, "step") == 4096 - 1500 - 8    # the authors' handoff loop keeps 8 tokens spare
+    assert ev.budget(1500, 3000, "solo") == 4096 - 1500 == ev.budget(1500, 3000, "word")  # the engine's window
+    assert ev.budget(5000, 3000, "step") == 0 == ev.budget(5000, 3000, "solo")
+
+def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
+    blank = tok.get_vocab()["ĊĊ"]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    s.lm_head, j.lm_head = Boost(s.lm_head, [blank], 4.0), Boost(j.lm_head, [blank], 4.0)
+    se = tg.step_end_mask(tok)
+    budgets = [6, 40, 40, 13]
+    torch.manual_seed(0)
+    g = ev.generate(s, j, tok, prompts(tok, 4), budgets, "step", eval_args(max_turns=150), None, se, eos_of(tok))
+    assert check_step_turns(tok, g, 4) >= 4
+    for i, budget in enumerate(budgets):
+        n = int(g["mask"][i].sum())
+        toks, by_senior = g["tokens"][i].tolist(), g["senior"][i].tolist()
+        assert n <= budget
+        ended = toks[n - 1] in tg.eos_ids(tok)
+        assert bool(g["truncated"][i]) == (not ended)         # stopped at the budget without EOS: truncated
+        if not ended:
+            assert n == budget
+        assert all(t == tok.pad_token_id for t in toks[n:]) and not any(by_senior[n:])
+    # at most max_turns turns: a row ends at the blank line that closes its third turn, truncated
+    torch.manual_seed(0)
+    g = ev.generate(s, j, tok, prompts(tok, 4), [40] * 4, "step", eval_args(max_turns=3), None, se, eos_of(tok))
+    ended_by_turns = 0
+    for i in range(4):
+        n, toks = int(g["mask"][i].sum()), g["tokens"][i].tolist()
+        ends = blank_line_ends(tok, toks[:n])
+        assert len(ends) <= 3
+        if len(ends) == 3:
+            assert ends[-1] == n - 1 and g["truncated"][i]
+            ended_by_turns += 1
+    assert ended_by_turns > 0
+
+def test_handoff_with_p_senior_one_equals_solo(tok):
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "Add 1 and 3.", "answer": "4"}]
+    a = eval_args(p_senior=1.0)
+    ws = tg.word_start_mask(tok)
+    solo = ev.sample_responses(s, j, tok, probs, "solo", a, ws, None, eos_of(tok))
+    word = ev.sample_responses(s, j, tok, probs, "word", a, ws, None, eos_of(tok))
+    assert len(solo) == 2 and all(len(x) == 4 for x in solo)  # n samples per problem
+    for xs, ys in zip(solo, word):
+        for x, y in zip(xs, ys):
+            for key in ("text", "reward", "length", "truncated"):
+                assert x[key] == y[key]
+            assert y["senior_tokens"] == y["length"] and y["authors"] == "s" * y["length"]
+    assert len({x["text"] for xs in solo for x in xs}) > 1     # sampled, not one repeated string
+
+class Script(torch.nn.Module):
+    """An output layer that writes the given ids one after another, whatever the hidden state; then uniform logits."""
+    def __init__(self, ids, width):
+        super().__init__()
+        self.ids, self.width = iter(ids), width
+    def forward(self, h):
+        nxt = next(self.ids, None)
+        out = torch.full((h.shape[0], self.width), 0.0 if nxt is None else -1e4)
+        if nxt is not None:
+            out[:, nxt] = 0.0
+        return out
+
+def test_truncated_response_graded_or_zero(tok, monkeypatch):
+    """A scripted senior writes \\boxed{46} then EOS. When the budget cuts the EOS the response is truncated: graded as
+    it is by default (reward 1, the authors' rule), 0 with --truncated-reward zero."""
+    right = tok("\\boxed{46}", add_special_tokens=False).input_ids
+    probs = [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "12 + 34?", "answer": "46"}]
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    for budget, rule, score in ((len(right) + 1, "zero", 1.0), (len(right), "grade", 1.0), (len(right), "zero", 0.0)):
+        s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+        a = eval_args(n=1, max_new_tokens=budget, truncated_reward=rule)
+        x = ev.sample_responses(s, None, tok, probs[:1], "solo", a, None, None, eos_of(tok))[0][0]
+        assert (x["text"], x["reward"], x["truncated"]) == ("\\boxed{46}", score, budget == len(right))
+    # handoff: each row's own budget 4096 - prompt - 8; shrink the window so that the longer prompt's EOS falls
+    # one token past its budget while the shorter prompt's fits (both rows run in one batch to the larger budget)
+    n_long = len(tg.prompt_ids(tok, probs[0]["problem"]))
+    assert len(tg.prompt_ids(tok, probs[1]["problem"])) < n_long
+    monkeypatch.setattr(ev, "CONTEXT", n_long + 8 + len(right))
+    s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
+    a = eval_args(n=1, max_new_tokens=100, truncated_reward="zero")
+    long, short = ev.sample_responses(s, j, tok, probs, "step", a, None, tg.step_end_mask(tok), eos_of(tok))
+    assert long[0]["text"] == short[0]["text"] == "\\boxed{46}"
+    assert (long[0]["reward"], long[0]["truncated"], long[0]["length"]) == (0.0, True, len(right))
+    assert (short[0]["reward"], short[0]["truncated"], short[0]["length"]) == (1.0, False, len(right) + 1)
+    assert long[0]["authors"] == "s" * len(right) and short[0]["authors"] == "s" * (len(right) + 1)  # one step
+
+# ------------------------------------------------------------------------------------------------------------------
+# the whole script
+
+def test_main_end_to_end(tmp_path, tok, capsys):
+    for seed in (0, 1):
+        tiny_model(tok, seed=seed).save_pretrained(tmp_path / f"m{seed}")
+        tok.save_pretrained(tmp_path / f"m{seed}")
+    for name, rows in (("a.jsonl", 3), ("b.jsonl", 2)):
+        (tmp_path / name).write_text("\n".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)})
+                                               for i in range(rows)))
+    argv = ["--senior", str(tmp_path / "m0"), "--senior", str(tmp_path / "m1"), "--junior", str(tmp_path / "m0"),
+            "--data", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--n", "2", "--max-new-tokens", "8",
+            "--batch", "4", "--device", "cpu", "--out", str(tmp_path / "r1.json")]
+    rep = ev.main(ev.get_args(argv))
+    out = capsys.readouterr().out
+    names = list(rep["seniors"])
+    assert len(names) == 2 and all(n in out for n in names) and "macro" in out and f"{names[1]} - {names[0]}" in out
+    saved = json.loads((tmp_path / "r1.json").read_text())
+    assert saved["settings"]["n"] == 2 and saved["files"] == ["a.jsonl", "b.jsonl"]
+    same, other = saved["seniors"][names[0]], saved["seniors"][names[1]]
+    assert same["macro"]["drift"] == 0.0                                       # the junior itself: no drift
+    assert same["macro"]["legibility"] == pytest.approx(same["macro"]["self_ce"], abs=1e-6)
+    assert other["macro"]["drift"] > 0
+    # self-paired, the step schedule draws every token from the same distribution with the same random numbers as solo
+    for f in ("a.jsonl", "b.jsonl"):
+        for p in same["files"][f]["problems"]:
+            assert [x["text"] for x in p["step"]["samples"]] == [x["text"] for x in p["solo"]["samples"]]
+    for f, n_problems in (("a.jsonl", 3), ("b.jsonl", 2)):
+        probs = same["files"][f]["problems"]
+        assert len(probs) == n_problems and all(len(p[s]["samples"]) == 2 for p in probs for s in ev.SCHEDULES)
+        assert all(isinstance(x["text"], str) for p in probs for x in p["step"]["samples"])
+    for key in ("solo pass@1", "step pass@2", "word pass@1"):
+        per_file = [same["files"][f]["metrics"][key][0] for f in ("a.jsonl", "b.jsonl")]
+        assert same["macro"][key][0] == pytest.approx(sum(per_file) / 2)
+    for p in same["files"]["a.jsonl"]["problems"] + other["files"]["b.jsonl"]["problems"]:  # who wrote each token
+        for sch in ev.SCHEDULES:
+            for x in p[sch]["samples"]:
+                assert len(x["authors"]) == x["length"] and x["authors"].count("s") == x["senior_tokens"]
+                assert sch != "solo" or x["authors"] == "s" * x["length"]
+    # repeatable: the same seed gives the same run
+    ev.main(ev.get_args(argv[:-1] + [str(tmp_path / "r2.json")]))
+    again = json.loads((tmp_path / "r2.json").read_text())
+    assert again["seniors"] == saved["seniors"] and again["paired"] == saved["paired"]
+
+def test_out_unwritable_fails_before_sampling(tmp_path, monkeypatch):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
+    (tmp_path / "file").write_text("")
+    def never(*a, **k):
+        raise AssertionError("loaded data or a model before checking --out")
+    monkeypatch.setattr(ev, "load_problems", never)
+    monkeypatch.setattr(ev, "load_model", never)
+    for out, why in ((tmp_path, f"Is a directory: {tmp_path}"), (tmp_path / "file" / "r.json", "File exists")):
+        args = ev.get_args(["--senior", "x", "--junior", "y", "--data", str(tmp_path / "d.jsonl"), "--out", str(out)])
+        with pytest.raises(tg.UserError, match=f"--out {out}: cannot write it \\({why}"):
+            ev.main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "file"]
+
+def test_unique_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for d in ("runs/a/step_000020", "other/a/step_000020", "runs/b/step_000020"):
+        (tmp_path / d).mkdir(parents=True)
+    paths = [str(tmp_path / "runs/a/step_000020"), "other/a/step_000020", "runs/b/step_000020", "Qwen/Qwen3-4B",
+             "Qwen/Qwen3-4B"]
+    assert ev.unique_names(paths, 2) == ["runs/a/step_000020", "other/a/step_000020", "b/step_000020",
+                                         "Qwen/Qwen3-4B", "Qwen/Qwen3-4B #2"]
+    files = ["eval/aime24/test.parquet", "eval/amc23_25/test.parquet", "x/aime.jsonl", "/data/gsm8k/test.jsonl"]
+    assert ev.unique_names(files, 1) == ["aime24/test.parquet", "amc23_25/test.parquet", "aime.jsonl", "test.jsonl"]
+
+@pytest.mark.parametrize("flags,message", [
+    (["--n", "0"], "--n must be >= 1"), (["--batch", "0"], "--batch must be >= 1"),
+    (["--max-turns", "0"], "--max-turns must be >= 1"), (["--temperature", "-0.1"], "--temperature must be >= 0"),
+    (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"), (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--data", "nope.jsonl"], "--data nope.jsonl: no such file"), (["--senior", "./nope"], "./nope: no such model"),
+    (["--junior", "runs/nope/step_000020"], "runs/nope/step_000020: no such model folder"),
+])
+def test_bad_flags_fail_before_loading(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        ev.get_args(["--senior", "Qwen/x", "--data", str(tg.DEMO_DIR / "test.jsonl")] + flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+def test_help_shows_every_flag_with_help_and_default(capsys):
+    with pytest.raises(SystemExit):
+        ev.get_args(["--help"])
+    out = capsys.readouterr().out
+    n_flags = out.split("options:")[1].count("\n  --")
+    assert n_flags == 20 and out.count("(default:") == n_flags                # every flag but -h: its text and default
+    assert "--max-turns MAX_TURNS" in out and "(default: 300)" in out and "What it computes, in order" in out
+
+def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "d.jsonl").write_text('{"problem": "a", "answer": "1"}\n{"problem": 3, "answer": "1"}\n')
+    monkeypatch.setattr(sys, "argv", ["eval.py", "--senior", "Qwen/x", "--junior", "Qwen/y", "--data",
+                                      str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(ev.__file__, run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"error: {tmp_path / 'd.jsonl'}: line 2: field 'problem' must be a non-empty " \
+                                        f"string, got a number\n"
+
+def test_demo_arguments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    repo = tmp_path / "repo"                                          # where eval.py lives, for this test
+    monkeypatch.setattr(ev, "__file__", str(repo / "eval.py"))
+    a = ev.get_args(["--demo"])
+    assert a.senior == [str(tg.DEMO_DIR / "model")] == [a.junior] and a.data == [str(tg.DEMO_DIR / "test.jsonl")]
+    (tmp_path / "runs" / "demo" / "step_000040").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "latest").write_text("step_000040")  # written by python tandem_grpo.py --demo
+    assert ev.get_args(["--demo"]).senior == [a.junior, "runs/demo/step_000040"]
+    b = ev.get_args(["--demo", "--senior", "x", "--n", "2"])       # flags still win
+    assert b.senior == ["x"] and b.n == 2 and b.max_new_tokens == 96 and b.threads == 1
+    assert ev.get_args(["--senior", "x", "--data", a.data[0]]).threads == 0     # all cores outside the demo
+    # no runs/demo here: the one next to the script is found
+    (tmp_path / "runs" / "demo" / "latest").unlink()
+    (repo / "runs" / "demo" / "step_000040").mkdir(parents=True)
+    (repo / "runs" / "demo" / "latest").write_text("step_000040")
+    assert ev.get_args(["--demo"]).senior == [a.junior, str(repo / "runs" / "demo" / "step_000040")]
+
+def test_each_senior_prompts_with_its_own_tokenizer(tmp_path, tok, monkeypatch):
+    for name, template in (("j", CHATML), ("s", "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML)):
+        tiny_model(tok).save_pretrained(tmp_path / name)
+        t = tok.__class__.from_pretrained(tmp_path / "j") if name == "s" else tok
+        t.chat_template = template                                    # same vocabulary, another chat template
+        t.save_pretrained(tmp_path / name)
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
+    seen = {}
+    def fake_evaluate(senior, junior, t, problems, args, ws, se, eos, name=""):
+        seen[name.split("/")[-1].split()[0]] = t.decode(tg.prompt_ids(t, "Q"))
+        return fake_file([[1, 0]] * len(problems))
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    ev.main(ev.get_args(["--senior", str(tmp_path / "j"), "--senior", str(tmp_path / "s"), "--junior",
+                         str(tmp_path / "j"), "--data", str(tmp_path / "d.jsonl"), "--n", "2", "--device", "cpu",
+                         "--threads", "3", "--out", str(tmp_path / "r.json")]))
+    assert seen["j"].startswith("<|im_start|>user\nQ ") and seen["s"].startswith("<|im_start|>system\nBe brief.")
+    assert threads == [3]                                              # --threads reaches torch
+
+def test_senior_with_another_tokenizer_is_refused(tmp_path, tok):
+    tiny_model(tok).save_pretrained(tmp_path / "j")
+    tok.save_pretrained(tmp_path / "j")
+    tiny_model(tok).save_pretrained(tmp_path / "s")
+    other = tok.__class__.from_pretrained(tmp_path / "j")
+    other.add_tokens(["<extra>"])                                  # one more id: the vocabularies differ
+    other.save_pretrained(tmp_path / "s")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}))
+    with pytest.raises(tg.UserError, match="vocabulary differs from the junior's"):
+        ev.main(ev.get_args(["--senior", str(tmp_path / "s"), "--junior", str(tmp_path / "j"), "--data",
+                             str(tmp_path / "d.jsonl"), "--device", "cpu", "--out", str(tmp_path / "r.json")]))
+
+# ------------------------------------------------------------------------------------------------------------------
 # the lab (lab/run.py): both arms end to end at a toy size, and the --length-penalty flag it uses
 
 def test_length_penalty_scales_the_reward(tok, monkeypatch):
@@ -1317,8 +1957,8 @@ def test_length_penalty_scales_the_reward(tok, monkeypatch):
     s = tiny_model(tok, seed=0)
     for lam, want in ((0.0, 1.0), (0.5, 0.9125), (1.0, 0.825)):
         s.lm_head = Script(right + [tok.eos_token_id], s.config.vocab_size)
-        args = SimpleNamespace(group_size=2, gen_batch=2, schedule="solo", p_senior=1.0, max_gap=32, max_new_tokens=40,
-                               temperature=1.0, truncated_reward="grade", length_penalty=lam)
+        args = tg.get_args(["--group-size", "2", "--gen-batch", "2", "--schedule", "solo", "--max-new-tokens", "40",
+                            "--temperature", "1.0", "--length-penalty", str(lam), "--device", "cpu"])
         out = tg.rollout(s, None, tok, [{"problem": "What is 12 + 34?", "answer": "46"}], args, None, None)
         assert [len(r["response"]) for r in out] == [n, n] and [r["reward"] for r in out] == [pytest.approx(want)] * 2
     with pytest.raises(SystemExit):

@@ -3,7 +3,7 @@
     python demo/build.py          # from the repo root
 
 Run time: about 6-7 minutes on 2 idle CPU cores (SFT is 625 steps of 64 examples at
-~0.56 s/step); it took 30 minutes when the 2 cores were shared with other jobs.
+~0.56 s/step); 30-60 minutes when the 2 cores are shared with other jobs.
 
 Writes
   demo/model/       a tiny Qwen3ForCausalLM (float32 safetensors) + its Qwen3-style
@@ -27,16 +27,17 @@ import json
 import os
 import random
 import re
+import sys
 import time
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_DIR = os.path.join(HERE, "model")
+sys.path.insert(0, os.path.dirname(HERE))
+from tandem_grpo import PROMPT_SUFFIX, prompt_ids  # noqa: E402  the trainer's own prompt: SFT and RL cannot disagree
 
 SEED = 1234
-# Must match the trainer's prompt exactly.
-PROMPT_SUFFIX = "Solve the following math problem step by step. Put your final answer inside \\boxed{}."
 
 N_TEST = 200
 N_TRAIN = 4000
@@ -158,13 +159,9 @@ def write_jsonl(path, pairs):
 
 
 # ---------------------------------------------------------------------- tokenizer
-def user_content(problem):
-    return f"{problem}\n\n{PROMPT_SUFFIX}"
-
-
 def chat_prompt(problem):
-    # Identical to tokenizer.apply_chat_template(..., add_generation_prompt=True).
-    return f"<|im_start|>user\n{user_content(problem)}<|im_end|>\n<|im_start|>assistant\n"
+    # The text the tokenizer is trained on; main() asserts it decodes from the trainer's prompt_ids exactly.
+    return f"<|im_start|>user\n{problem} {PROMPT_SUFFIX}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def build_tokenizer(texts):
@@ -231,9 +228,8 @@ def build_model(tokenizer):
 
 def encode_examples(tokenizer, pairs, rng):
     """SFT examples: (input_ids, n_prompt_tokens); the response ends with <|im_end|>."""
-    prompts = [chat_prompt(problem_text(a, b)) for a, b in pairs]
+    p_ids = [prompt_ids(tokenizer, problem_text(a, b)) for a, b in pairs]  # exactly what the trainer feeds
     responses = [solution_text(a, b, rng, CARRY_DROP_P)[0] for a, b in pairs]
-    p_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     r_ids = tokenizer(responses, add_special_tokens=False).input_ids
     eos = tokenizer.eos_token_id
     return [(p + r + [eos], len(p)) for p, r in zip(p_ids, r_ids)]
@@ -312,6 +308,7 @@ def main():
     assert tokenizer.convert_ids_to_tokens(tokenizer("\n\n", add_special_tokens=False).input_ids) == ["ĊĊ"]
     sol = tokenizer.convert_ids_to_tokens(tokenizer(solution_text(457, 3890)[0], add_special_tokens=False).input_ids)
     assert sol.count("ĊĊ") == 4 and "boxed" in sol, sol  # steps split by "ĊĊ"
+    assert tokenizer.decode(prompt_ids(tokenizer, problem_text(457, 3890))) == chat_prompt(problem_text(457, 3890))
     print(f"tokenizer: {len(tokenizer)} tokens")
 
     model = build_model(tokenizer)

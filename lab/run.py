@@ -76,8 +76,9 @@ def eval_argv(args, seniors, seed, out):
     return (sum([["--senior", s] for s in seniors], []) +
             ["--junior", args.junior, "--data", args.test, "--limit", str(args.limit), "--n", str(args.n),
              "--temperature", "0.7", "--top-p", "0.8", "--top-k", "20", "--max-new-tokens", str(args.max_new_tokens),
-             "--max-turns", "150", "--p-senior", "0.5", "--max-gap", "32", "--batch", "128", "--tf-batch", "64",
-             "--seed", str(seed), "--device", "cpu", "--out", str(out)])
+             "--max-turns", "300", "--truncated-reward", "grade", "--p-senior", "0.5", "--max-gap", "32",
+             "--batch", "128", "--tf-batch", "64", "--seed", str(seed), "--device", "cpu", "--threads", "1",
+             "--out", str(out)])
 
 IN_PROCESS = threading.Lock()  # one in-process run at a time: sys.stdout is redirected for the whole process
 
