@@ -1992,7 +1992,8 @@ def test_lab_runs_end_to_end(tmp_path, tok):
         assert set(per["eval"]["macro"]) == {per["seniors"]["grpo"], per["seniors"]["trl"]}
     for model in ("base", "grpo", "trl"):
         m = saved["summary"][model]
-        assert m["solo@1"][1] <= m["solo@1"][0] <= m["solo@1"][2] and len(m["drift seeds"]) == (2 if model != "base" else 1)
+        assert m["solo@1"][1] <= m["solo@1"][0] <= m["solo@1"][2]
+        assert len(m["drift seeds"]) == (2 if model != "base" else 1)
     assert saved["summary"]["base"]["drift"] == 0.0                   # the base is its own junior
     d = saved["summary"]["trl - grpo"]["step@2"]
     assert d[0] == pytest.approx(saved["summary"]["trl"]["step@2"][0] - saved["summary"]["grpo"]["step@2"][0])
@@ -2002,7 +2003,8 @@ def test_lab_runs_end_to_end(tmp_path, tok):
     assert m and float(m.group(3)) == pytest.approx(float(m.group(2)) - float(m.group(1)), abs=0.11)
     assert res["summary_line"] == saved["summary_line"]
     # the pieces, on hand values: the compact share counts column steps without ", carry N"
-    assert lab.compact_share(["Ones: 7+6+0=13, carry 1\n\nTens: 5+8+1=14\n\nThe answer is 4.", "Ones: 1+2+0=3"]) == 2 / 3
+    texts = ["Ones: 7+6+0=13, carry 1\n\nTens: 5+8+1=14\n\nThe answer is 4.", "Ones: 1+2+0=3"]
+    assert lab.compact_share(texts) == 2 / 3
     # the two-level bootstrap: identical seeds of constant problems give a zero-width interval at the mean
     assert lab.seed_bootstrap([torch.full((5,), 0.5, dtype=torch.float64)] * 2) == [0.5, 0.5, 0.5]
     with pytest.raises(SystemExit):                                   # a used --out is refused

@@ -127,7 +127,8 @@ def build_tokenizer(texts):
         special_tokens=[]))
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                 unk_token=None, bos_token=None, model_max_length=MODEL_CONFIG["max_position_embeddings"],
+                                 unk_token=None, bos_token=None,
+                                 model_max_length=MODEL_CONFIG["max_position_embeddings"],
                                  clean_up_tokenization_spaces=False, split_special_tokens=False)
     hf.chat_template = CHAT_TEMPLATE
     return hf
@@ -140,7 +141,8 @@ def chat_text(problem):  # what tg.prompt_ids renders, as text (for training the
 
 def build_model(tok):
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    cfg = Qwen3Config(vocab_size=(len(tok) // 64 + 1) * 64, bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    cfg = Qwen3Config(vocab_size=(len(tok) // 64 + 1) * 64, bos_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id, hidden_act="silu", attention_bias=False, use_cache=True,
                       initializer_range=0.02, dtype="float32", **MODEL_CONFIG)
     torch.manual_seed(SEED)

@@ -200,7 +200,8 @@ def table(s, kr, n_seeds):
     text = "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
     return text + (f"\npass@k in % [95% interval: bootstrap over the {n_seeds} seeds, then problems]; "
                    f"step: handoff alternating at \\n\\n; word: handoff under the training coin; legib: the junior's "
-                   f"cross-entropy, drift: KL(senior || junior), nats per token (mean ±half-range over seeds); compact: "
+                   f"cross-entropy, drift: KL(senior || junior), nats per token (mean ±half-range over seeds); "
+                   f"compact: "
                    f"column steps without ', carry N'; len: solo tokens. base: eval seed 0 only")
 
 def summary_line(s, kr, n_seeds, wall):
