@@ -224,6 +224,22 @@ def last_hidden(model, ids, attn, pos, cache):
     return model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache,
                                use_cache=True).last_hidden_state[:, -1]
 
+def next_author(schedule, tok, senior_turn, gap, turns, after_newline, coin, word_start, step_end, max_gap):
+    """The schedule's rule, after each row wrote `tok` [b]. A row's state: senior_turn (who writes next), gap (word:
+    tokens since the last redraw), turns and after_newline (step: turns so far; this turn's last token ended with
+    '\\n'). coin() is one draw a row, True (the senior) with probability p_senior. -> the four, updated, each [b]."""
+    if schedule == "word":  # redraw *after* a word-start token, or after max_gap tokens without one
+        gap = gap + 1
+        redraw = word_start[tok] | (gap >= max_gap)
+        senior_turn, gap = torch.where(redraw, coin(), senior_turn), torch.where(redraw, 0, gap)
+    elif schedule == "token":
+        senior_turn = coin()
+    elif schedule == "step":  # swap at a blank line: one token holding it, or '\n' then a token starting with '\n'
+        swap = step_end[tok, 0] | (step_end[tok, 1] & after_newline)
+        after_newline = step_end[tok, 2] & ~swap
+        senior_turn, turns = senior_turn ^ swap, turns + swap.long()
+    return senior_turn, gap, turns, after_newline
+
 # tandem_generate, in ten lines of pseudocode (the rest is bookkeeping for a batch of rows):
 #   both models read the prompt                        -> one KV cache each
 #   author = coin(p_senior) for each row               (step schedule: the senior starts)
@@ -277,17 +293,8 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
         tok = sample(logits, temperature, top_k, top_p, u)                    # [b]
         tokens[row, t], by_senior[row, t] = tok, senior_turn
         # 2. who writes the next token
-        if schedule == "word":
-            gap += 1
-            redraw = word_start[tok] | (gap >= max_gap)
-            senior_turn = torch.where(redraw, coin(), senior_turn)
-            gap = torch.where(redraw, 0, gap)
-        elif schedule == "token":
-            senior_turn = coin()
-        elif schedule == "step":
-            swap = step_end[tok, 0] | (step_end[tok, 1] & after_newline)   # a blank line ends the turn
-            after_newline = step_end[tok, 2] & ~swap
-            senior_turn, turns = senior_turn ^ swap, turns + swap.long()
+        senior_turn, gap, turns, after_newline = next_author(schedule, tok, senior_turn, gap, turns, after_newline,
+                                                             coin, word_start, step_end, max_gap)
         # 3. finished rows leave the batch and both caches
         eos_hit = torch.isin(tok, eos)
         done = eos_hit | ((turns > max_turns) if max_turns else False)
@@ -775,18 +782,9 @@ def static_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
         tok = sample(logits, temperature, top_k, top_p, u)                     # [B]
         tokens[:, t] = torch.where(live, tok, pad_id)
         by_senior[:, t] = senior_turn & live
-        # 2. who writes the next token: tandem_generate's rules, on every row
-        if schedule == "word":
-            gap += 1
-            redraw = word_start[tok] | (gap >= max_gap)
-            senior_turn = torch.where(redraw, coin(), senior_turn)
-            gap = torch.where(redraw, 0, gap)
-        elif schedule == "token":
-            senior_turn = coin()
-        elif schedule == "step":
-            swap = step_end[tok, 0] | (step_end[tok, 1] & after_newline)
-            after_newline = step_end[tok, 2] & ~swap
-            senior_turn, turns = senior_turn ^ swap, turns + swap.long()
+        # 2. who writes the next token: tandem_generate's rule, on every row
+        senior_turn, gap, turns, after_newline = next_author(schedule, tok, senior_turn, gap, turns, after_newline,
+                                                             coin, word_start, step_end, max_gap)
         # 3. rows that end here stop being recorded (they keep their place in the batch)
         eos_hit = torch.isin(tok, eos) & live
         done = eos_hit | ((turns > max_turns) & live if max_turns else False)
