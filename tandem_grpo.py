@@ -21,8 +21,6 @@ What it simplifies, and why:
     patched vLLM: slower, but every step of co-generation is visible in ~100 lines.
   - One device a process. The senior keeps float32 master weights (bf16 cannot absorb updates of 1e-6) and runs its
     matmuls in bf16 on CUDA; the junior is bf16. torchrun + FSDP2 for more GPUs (an appendix). No sequence packing.
-  - The token-mean divides by the senior's tokens of the mini-batch (the authors' newer verl divides by all
-    response tokens, junior ones included: a scale of about 0.5 per mini-batch that AdamW mostly absorbs).
   - Validation is one solo sample per held-out problem every --val-every steps; eval.py measures the rest.
   - Detail that is not the method sits in appendices at the end, in this order: GPU memory, the static-shape decode
     (--compile), more than one GPU (torchrun, FSDP2), data files, checkpoints and plumbing, the answer checker.
@@ -76,6 +74,8 @@ def get_args(argv=None):
     a("--grad-clip", type=float, default=1.0, help="gradient-norm clip")
     a("--kl-coef", type=float, default=0.0, help="k3 KL toward the junior (the authors' ablation used 0.001)")
     a("--junior-token-weight", type=float, default=0.0, help="weight of junior-written tokens in the loss (paper: 0)")
+    a("--token-mean", default="all", choices=["all", "senior"], help="the loss's denominator: all response tokens of "
+      "the mini-batch, junior-written included (the authors' verl), or only the counted (weighted) ones")
     a("--temperature", type=float, default=0.6, help="rollout temperature (top_p 1, top_k off)")
     a("--max-prompt-tokens", type=int, default=1024, help="longer prompts are dropped from the data")
     a("--max-new-tokens", type=int, default=3000, help="response budget: a response cut there has no EOS")
@@ -358,16 +358,16 @@ def grpo_loss(logp, old_logp, adv, n_tokens, clip_low=0.2, clip_high=0.2, ref_lo
     """Clipped surrogate over counted tokens, all [N]; adv is each token's rollout advantage.
         ratio = exp(logp - old_logp);  loss_t = max(-A ratio, -A clip(ratio, 1 - clip_low, 1 + clip_high))
         dual clip (verl): where A < 0, loss_t = min(loss_t, -A clip_c)   (a huge ratio cannot blow up the loss)
-        (+ kl_coef * k3,  k3 = exp(ref - logp) - (ref - logp) - 1,  toward the junior)
-    Token-mean: returns sum_t weight_t loss_t / n_tokens, with n_tokens the (weighted) count over the whole
-    mini-batch, so the losses of its micro-batches add up to exactly the mini-batch mean."""
+        (+ kl_coef * k3,  k3 = exp(ref - logp) - (ref - logp) - 1 clamped to [-10, 10] as verl does, toward the junior)
+    Token-mean: returns sum_t weight_t loss_t / n_tokens, with n_tokens counted over the whole mini-batch (every
+    response token, the junior's included, as the authors' verl does), so its micro-batches add up to its mean."""
     ratio = torch.exp((logp - old_logp).clamp(-20, 20))
     loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high))
     if clip_c:
         loss = torch.where(adv < 0, torch.minimum(loss, -adv * clip_c), loss)
     if kl_coef:
         d = (ref_logp - logp).clamp(-20, 20)
-        loss = loss + kl_coef * (torch.exp(d) - d - 1)
+        loss = loss + kl_coef * (torch.exp(d) - d - 1).clamp(-10, 10)
     return (loss if weight is None else loss * weight).sum() / n_tokens
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -441,7 +441,8 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
     mb = args.mini_batch_prompts // world() * args.group_size  # this rank's share of a mini-batch's rollouts
     for start in range(0, len(idx), mb):
         rows_mb = idx[start:start + mb]
-        n_tokens = max(1e-8, all_sum(sum(1.0 if s else w_junior for i in rows_mb for s in rollouts[i]["senior"])))
+        w_den = 1.0 if args.token_mean == "all" else w_junior  # a junior token in the denominator: 1 (verl) or w
+        n_tokens = max(1e-8, all_sum(sum(1.0 if s else w_den for i in rows_mb for s in rollouts[i]["senior"])))
         for rows in micro(rows_mb):
             ids, attn, P, weight = batch(rows)
             cat = lambda d: torch.cat([d[i] for i in rows]).to(dev)

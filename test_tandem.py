@@ -429,6 +429,9 @@ def test_clipped_loss_hand_values():
     kl = tg.grpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), 1, ref_logp=torch.tensor([math.log(2)]),
                       kl_coef=0.5)
     assert kl.item() == pytest.approx(0.5 * (1 - math.log(2)), abs=1e-6)
+    # verl clamps each token's k3 to 10: ref - logp = 5 -> exp(5) - 5 - 1 = 142.4, counted as 10
+    kl = tg.grpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), 1, ref_logp=torch.tensor([5.0]), kl_coef=1.0)
+    assert kl.item() == pytest.approx(10.0, abs=1e-6)
     # gradient: d(-A ratio)/d logp = -A ratio where unclipped, 0 where the clipped branch wins
     lp = ratio.log().requires_grad_()
     tg.grpo_loss(lp, old, adv, 4).backward()
@@ -495,8 +498,8 @@ def test_rollouts_run_in_eval_mode_and_cut_responses_are_graded(tok, monkeypatch
         assert ro[0]["truncated"] and ro[0]["reward"] == score
     assert modes == [False, False]
 
-@pytest.mark.parametrize("w_junior", [0.0, 0.5])
-def test_token_mean_over_micro_batches_equals_full_batch(tok, senior, junior, w_junior):
+@pytest.mark.parametrize("w_junior,token_mean", [(0.0, "all"), (0.5, "all"), (0.0, "senior"), (0.5, "senior")])
+def test_token_mean_over_micro_batches_equals_full_batch(tok, senior, junior, w_junior, token_mean):
     ps = prompts(tok, 8)
     torch.manual_seed(7)
     g = gen(tok, senior, junior, prompts=ps)
@@ -506,7 +509,7 @@ def test_token_mean_over_micro_batches_equals_full_batch(tok, senior, junior, w_
         m = tiny_model(tok, seed=0).float()
         opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the step leaves weights, we read the gradient
         a = args_for(tok, group_size=4, prompts_per_step=2, mini_batch_prompts=2, micro_batch=mb, grad_clip=1e9,
-                     junior_token_weight=w_junior)
+                     junior_token_weight=w_junior, token_mean=token_mean)
         captured = {}
         opt.step = lambda: captured.update(g=[p.grad.clone() for p in m.parameters()])
         tg.train_step(m, junior, tok, opt, ro, a)
@@ -537,7 +540,8 @@ def test_junior_positions_get_zero_gradient(tok, senior, junior):
     assert (grad[by_senior] > 0).all()                   # senior-written tokens: all carry gradient
     senior.zero_grad(set_to_none=True)
 
-def test_junior_tokens_weigh_junior_token_weight(tok, senior, junior, monkeypatch):
+@pytest.mark.parametrize("token_mean", ["all", "senior"])
+def test_junior_tokens_weigh_junior_token_weight(tok, senior, junior, monkeypatch, token_mean):
     ps = prompts(tok, 4)
     torch.manual_seed(11)
     ro = rollouts_for(tok, gen(tok, senior, junior, prompts=ps), ps, [1.0, 0, 1, 0])
@@ -550,10 +554,26 @@ def test_junior_tokens_weigh_junior_token_weight(tok, senior, junior, monkeypatc
     m.requires_grad_(True)
     tg.train_step(m, junior, tok, torch.optim.SGD(m.parameters(), lr=0.0), ro,
                   args_for(tok, group_size=4, prompts_per_step=1, mini_batch_prompts=1, micro_batch=4,
-                           junior_token_weight=0.25))
+                           junior_token_weight=0.25, token_mean=token_mean))
     (n_tokens, weight), = seen
-    assert n_tokens == pytest.approx(n_senior + 0.25 * n_junior)   # the weighted token count of the mini-batch
+    if token_mean == "all":   # the authors' verl: every response token of the mini-batch, the junior's included
+        assert n_tokens == n_senior + n_junior
+    else:                     # the counted tokens only: the weighted count of the mini-batch
+        assert n_tokens == pytest.approx(n_senior + 0.25 * n_junior)
     assert sorted(set(weight.tolist())) == [0.25, 1.0] and (weight == 1).sum() == n_senior
+
+@pytest.mark.parametrize("token_mean,n_tokens", [("all", 10), ("senior", 4)])
+def test_token_mean_denominator_hand_values(tok, token_mean, n_tokens):
+    # one group of 2, rewards 1 and 0 -> A = +-1/sqrt(2). Row 0: 3 senior + 2 junior tokens; row 1: 1 senior + 4
+    # junior. The first update sees ratio 1, so loss = sum over senior tokens of -A / n_tokens
+    #   = (-3 + 1) / sqrt(2) / n_tokens: n_tokens = 10 (every response token, the authors' verl) or 4 (senior only)
+    ro = [dict(prompt=[5, 6, 7], response=[8, 9, 10, 11, 12], senior=[True, False, True, False, True], reward=1.0),
+          dict(prompt=[5, 7], response=[13, 14, 15, 16, 17], senior=[False, False, True, False, False], reward=0.0)]
+    m = tiny_model(tok, seed=0)
+    m.requires_grad_(True)
+    a = args_for(tok, group_size=2, prompts_per_step=1, mini_batch_prompts=1, micro_batch=2, token_mean=token_mean)
+    stats = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=0.0), ro, a)
+    assert stats["loss"] == pytest.approx(-2 / math.sqrt(2) / n_tokens, abs=1e-5)
 
 def test_step_changes_senior_not_junior(tok, junior):
     m = tiny_model(tok, seed=0)
