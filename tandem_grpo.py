@@ -85,7 +85,8 @@ def get_args(argv=None):
       help="reward x (1 - this x response tokens / --max-new-tokens): a length cost like DAPO's (0: off, the paper)")
     a("--steps", type=int, default=200, help="training steps")
     a("--save-every", type=int, default=20, help="checkpoint every N steps (0: only at the end)")
-    a("--val-size", type=int, default=1000, help="problems held out of training (a fixed seeded draw) to validate on")
+    a("--val-size", type=int, default=None, help="problems held out of training to validate on, drawn as the authors "
+      "do (None: min(1000, a tenth of the rows))")
     a("--val-every", type=int, default=20, help="the senior's solo accuracy on them every N steps (0: never)")
     a("--log-every", type=int, default=1, help="print one line of metrics every N steps (0: never)")
     a("--show-every", type=int, default=20, help="print one co-written rollout on the first step and every N (0: no)")
@@ -115,16 +116,17 @@ def get_args(argv=None):
 
 PROMPT_SUFFIX = ("Solve the following math problem step by step. Put your final answer inside \\boxed{}, "
                  "like \\boxed{42} or \\boxed{\\frac{1}{2}}.")  # the authors' words, training and eval alike
-# Reading the files is detail (formats, field names, the authors' verl rows): fetch, read_rows, problem_and_gold and
-# gold_answer sit in an appendix. load_problems says what a usable row is.
+# Reading the files is detail (formats, field names, the authors' verl rows and held-out draw): fetch, read_rows,
+# problem_and_gold, gold_answer and heldout_rows sit in an appendix. load_problems says what a usable row is.
 
 def load_problems(path):
-    """A .jsonl, .json or .parquet file (local or hf://) -> [{"problem": str, "answer": str or [str, ...]}].
-    A problem that already ends with PROMPT_SUFFIX (verl files) loses it, so it is never added twice. Rows with an
-    empty answer are dropped (as the authors do) and counted; any other bad row is a UserError naming file and row."""
+    """A .jsonl, .json or .parquet file (local or hf://) -> [{"problem": str, "answer": str or [str, ...], "row": its
+    0-based position in the file}]. A problem that already ends with PROMPT_SUFFIX (verl files) is kept verbatim (see
+    prompt_ids). Rows with an empty answer are dropped (as the authors do) and counted; any other bad row is a
+    UserError naming file and row."""
     path = fetch(str(path))
     problems, n_empty = [], 0
-    for where, row in read_rows(path):
+    for i, (where, row) in enumerate(read_rows(path)):
         where = f"{path}: {where}"
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object {{\"problem\": ..., \"answer\": ...}}, "
@@ -133,13 +135,11 @@ def load_problems(path):
         if not isinstance(problem, str) or not problem.strip():
             got = "an empty string" if isinstance(problem, str) else f"a {json_kind(problem)}"
             raise UserError(f"{where}: field '{pk}' must be a non-empty string, got {got}")
-        if problem.rstrip().endswith(PROMPT_SUFFIX):  # problem + " " + suffix -> problem
-            problem = problem.rstrip()[:-len(PROMPT_SUFFIX)].rstrip()
         gold = gold_answer(answer, f"{where}: field '{ak}'")
         if not gold:
             n_empty += 1
             continue
-        problems.append({"problem": problem, "answer": gold})
+        problems.append({"problem": problem, "answer": gold, "row": i})
     if n_empty:
         print(f"{path}: dropped {n_empty} row(s) with an empty answer")
     if not problems:
@@ -147,9 +147,10 @@ def load_problems(path):
     return problems
 
 def prompt_ids(tokenizer, problem):
-    """One user message (the problem, one space, the authors' suffix) through the chat template, no <think> block
-    -> token ids."""
-    msg = [{"role": "user", "content": f"{problem} {PROMPT_SUFFIX}"}]
+    """One user message (the problem, one space, the authors' suffix; a problem that ends with the suffix already, as
+    in the authors' verl rows, verbatim) through the chat template, no <think> block -> token ids."""
+    content = problem if problem.rstrip().endswith(PROMPT_SUFFIX) else f"{problem} {PROMPT_SUFFIX}"
+    msg = [{"role": "user", "content": content}]
     text = tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True, enable_thinking=False)
     return tokenizer(text, add_special_tokens=False).input_ids
 
@@ -546,11 +547,6 @@ def problems_for_step(n, step, k, seed):
         out.append(perms[epoch][i].item())
     return out
 
-def split_validation(problems, n):
-    """-> (training problems, n validation problems): a fixed seeded draw, the same for every run on this data."""
-    held = set(torch.randperm(len(problems), generator=torch.Generator().manual_seed(1234))[:n].tolist())
-    return [p for i, p in enumerate(problems) if i not in held], [p for i, p in enumerate(problems) if i in held]
-
 def main(args):
     t0 = time.time()
     if args.threads:
@@ -565,6 +561,7 @@ def main(args):
     if used and not args.resume:
         raise UserError(f"--out {out} holds a run already: add --resume to continue it, or choose a new --out")
     problems = load_problems(args.data)  # every row checked before a model loads
+    held = heldout_rows(problems, args.val_size, out)  # the authors' draw, before the length filter (appendix)
     dev = torch.device(args.device)
     if dev.type == "cuda":  # cuDNN's attention spends ~0.3 ms of CPU a call: decode 65 vs 69-88 ms/step (bench.py)
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -575,9 +572,10 @@ def main(args):
     problems = [p for p in problems if len(prompt_ids(tok, p["problem"])) <= args.max_prompt_tokens]
     if len(problems) < n_long:
         print(f"dropped {n_long - len(problems)} problems longer than {args.max_prompt_tokens} prompt tokens")
-    if args.val_size >= len(problems):
-        raise UserError(f"--val-size {args.val_size} leaves none of the {len(problems)} problems for training")
-    problems, val = split_validation(problems, args.val_size)
+    val = [p for p in problems if p["row"] in held]  # held out of training, to validate on
+    problems = [p for p in problems if p["row"] not in held]
+    if not problems:
+        raise UserError(f"--max-prompt-tokens {args.max_prompt_tokens} leaves no problem of {args.data} to train on")
     senior = load_model(args.model, dev, torch.float32, trainable=True)  # float32 master weights
     need_junior = junior_writes(args.schedule, args.p_senior) or args.kl_coef > 0
     junior = load_model(args.junior or args.model, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
@@ -1010,7 +1008,7 @@ def load_checkpoint_ranks(folder, senior, opt):
     return state["step"]
 
 # ------------------------------------------------------------------------------------------------------------------
-# Appendix: data files (.jsonl, .json, .parquet; field names; the authors' verl rows; one-line errors)
+# Appendix: data files (.jsonl, .json, .parquet; field names; the authors' verl rows and held-out draw; one-line errors)
 
 # Field names, first match wins. verl rows (the authors' parquet files) are read separately: see problem_and_gold.
 PROBLEM_KEYS, ANSWER_KEYS = ("problem", "question"), ("answer", "final_answer", "solution")
@@ -1075,6 +1073,24 @@ def gold_answer(value, where):
     if value is not None and not isinstance(value, (str, int, float)):
         raise UserError(f"{where}: expected a string, a number or a list of them, got {json_kind(value)}")
     return "" if value is None else str(value).rsplit("####", 1)[-1].strip()
+
+def heldout_rows(problems, n, out):
+    """The authors' held-out draw (their data/build_deepscaler.py): DataFrame.sample(n=1000, random_state=0) over the
+    rows with an answer, in file order. pandas makes it numpy's legacy RandomState(0).choice(rows, n, replace=False),
+    the first n of RandomState(0).permutation(rows): a Fisher-Yates shuffle on MT19937 whose stream numpy keeps fixed
+    across versions. n None: min(1000, a tenth of the rows). -> the held-out rows' file positions, a set; rank 0
+    writes them in draw order (their heldout.parquet's order) to out/heldout.json, so anyone can check the split."""
+    import numpy as np  # a dependency of transformers
+    said = f"--val-size {n}" if n is not None else "the default --val-size, min(1000, a tenth of the rows)"
+    n = min(1000, len(problems) // 10) if n is None else n
+    if n >= len(problems):
+        raise UserError(f"--val-size {n} leaves none of the {len(problems)} problems for training")
+    held = [problems[i]["row"] for i in np.random.RandomState(0).choice(len(problems), n, replace=False)]
+    if held and rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "heldout.json", json.dumps(held) + "\n")
+        print(f"held out {n} of {len(problems)} problems to validate on ({said}); their rows: {out}/heldout.json")
+    return set(held)
 
 def problem_and_gold(row, where):
     """-> (problem, its field, answer, its field). verl's layout (the authors' files): prompt = [{"role": "user",
@@ -1152,7 +1168,8 @@ def check_args(p, args):
                 "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
                 "max_prompt_tokens", "nproc")],
             *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
-                "save_every", "val_size", "val_every", "log_every", "show_every", "threads")]]:
+                "save_every", "val_every", "log_every", "show_every", "threads")],
+            ("val-size", args.val_size is None or args.val_size >= 0, ">= 0")]:
         if not ok:
             p.error(f"--{name} must be {rule}, got {getattr(args, name.replace('-', '_'))}")
     if args.prompts_per_step % args.mini_batch_prompts:

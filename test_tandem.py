@@ -92,7 +92,7 @@ class Counting(torch.nn.Module):
     (["--mini-batch-prompts", "0"], "--mini-batch-prompts must be >= 1"),
     (["--lr", "0"], "--lr must be > 0"), (["--steps", "0"], "--steps must be >= 1"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-    (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"),
+    (["--clip-c", "0.5"], "--clip-c must be 0 (off) or > 1"), (["--val-size", "-1"], "--val-size must be >= 0"),
     (["--prompts-per-step", "6"], "multiple of --mini-batch-prompts"), (["--out", __file__], "is a file")])
 def test_bad_flags_are_refused_before_anything_loads(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
@@ -103,7 +103,8 @@ def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         tg.get_args(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for d in ("(default: 0.5)", "(default: 3.0)", "(default: grade)", "(default: 1000)", "(default: runs/trl)"):
+    for d in ("(default: 0.5)", "(default: 3.0)", "(default: grade)", "(None: min(1000, a tenth of the rows))",
+              "(default: runs/trl)"):
         assert d in out
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -121,17 +122,18 @@ def test_gold_answers_lists_gsm8k_and_dropped_empty_rows(tmp_path, capsys):
         {"problem": "Q4", "answer": ""}, {"problem": "Q5", "answer": []},         # empty: dropped, counted
         {"problem": "Q6", "answer": None}, {"problem": "Q7", "answer": 12},
         {"problem": "Q8", "solution": "so \\boxed{5}", "extra": 1}])
-    assert tg.load_problems(f) == [
-        {"problem": "Q1", "answer": ["$\\frac{1}{2}$"]}, {"problem": "Q2", "answer": ["0.5", "2", "1/2"]},
-        {"problem": "Q3", "answer": "6"}, {"problem": "Q7", "answer": "12"},
-        {"problem": "Q8", "answer": "so \\boxed{5}"}]
+    assert tg.load_problems(f) == [                                           # "row": the position in the file
+        {"problem": "Q1", "answer": ["$\\frac{1}{2}$"], "row": 0},
+        {"problem": "Q2", "answer": ["0.5", "2", "1/2"], "row": 1}, {"problem": "Q3", "answer": "6", "row": 2},
+        {"problem": "Q7", "answer": "12", "row": 6}, {"problem": "Q8", "answer": "so \\boxed{5}", "row": 7}]
     assert capsys.readouterr().out == f"{f}: dropped 3 row(s) with an empty answer\n"
     rows = tg.load_problems(f)                                                # the golds grade as they should
     assert tg.reward("so \\boxed{1/2}", rows[1]["answer"]) == 1.0 == tg.reward("\\boxed{6}", rows[2]["answer"])
     assert tg.reward("\\boxed{3}", rows[1]["answer"]) == 0.0 == tg.reward("\\boxed{42}", rows[2]["answer"])
     j = tmp_path / "d.json"                                                   # a .json list, the same rows
     j.write_text(json.dumps([{"question": "Q1", "final_answer": 3}, {"problem": "Q2", "answer": " 4 "}]))
-    assert tg.load_problems(j) == [{"problem": "Q1", "answer": "3"}, {"problem": "Q2", "answer": "4"}]
+    assert tg.load_problems(j) == [{"problem": "Q1", "answer": "3", "row": 0},
+                                   {"problem": "Q2", "answer": "4", "row": 1}]
     j.write_text(f.read_text())                                               # JSON lines named .json: read as such
     assert len(tg.load_problems(j)) == 5
 
@@ -140,20 +142,25 @@ def verl_row(content, truth):
     return {"data_source": "aime24", "prompt": [{"role": "user", "content": content}], "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": truth}, "extra_info": {"split": "test", "index": 0}}
 
-def test_verl_rows_lose_the_suffix_once(tmp_path, tok):
-    f = write_rows(tmp_path / "aime.jsonl", [verl_row("What is 12 + 34? " + tg.PROMPT_SUFFIX, "46"),
-                                             verl_row("Find x.", ["2", "-2"])])
+def test_verl_rows_are_used_verbatim(tmp_path, tok):
+    """A prompt already in the authors' layout (it ends with the suffix) is the user message as it is, whatever the
+    whitespace before the suffix; a bare problem gets one space and the suffix, once."""
+    contents = ["What is 12 + 34? " + tg.PROMPT_SUFFIX, "What is 12 + 34?\n\n" + tg.PROMPT_SUFFIX,
+                "What is 12 + 34?  " + tg.PROMPT_SUFFIX, "What is 12 + 34?" + tg.PROMPT_SUFFIX + "\n", "Find x."]
+    f = write_rows(tmp_path / "aime.jsonl", [verl_row(c, "46") for c in contents])
     rows = tg.load_problems(f)
-    assert rows == [{"problem": "What is 12 + 34?", "answer": "46"}, {"problem": "Find x.", "answer": ["2", "-2"]}]
-    text = tok.decode(tg.prompt_ids(tok, rows[0]["problem"]))
-    assert text == f"<|im_start|>user\nWhat is 12 + 34? {tg.PROMPT_SUFFIX}<|im_end|>\n<|im_start|>assistant\n"
+    assert rows == [{"problem": c, "answer": "46", "row": i} for i, c in enumerate(contents)]
+    texts = [tok.decode(tg.prompt_ids(tok, r["problem"])) for r in rows]
+    wanted = contents[:4] + [f"Find x. {tg.PROMPT_SUFFIX}"]
+    assert texts == [f"<|im_start|>user\n{c}<|im_end|>\n<|im_start|>assistant\n" for c in wanted]
+    assert tg.prompt_ids(tok, rows[0]["problem"]) == tg.prompt_ids(tok, "What is 12 + 34?")  # the usual layout
 
 def test_parquet_round_trip(tmp_path):
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     rows = [verl_row("What is 1 + 1? " + tg.PROMPT_SUFFIX, "2"), verl_row("What is 2 + 2? " + tg.PROMPT_SUFFIX, "4")]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test.parquet")
-    assert tg.load_problems(tmp_path / "test.parquet") == [{"problem": "What is 1 + 1?", "answer": "2"},
-                                                          {"problem": "What is 2 + 2?", "answer": "4"}]
+    assert tg.load_problems(tmp_path / "test.parquet") == [{"problem": r["prompt"][0]["content"], "answer": a, "row": i}
+                                                          for i, (r, a) in enumerate(zip(rows, "24"))]
 
 @pytest.mark.parametrize("name,text,message", [
     ("d.jsonl", None, r"d\.jsonl: no such file"),
@@ -196,6 +203,57 @@ def test_parquet_without_pyarrow_names_the_install(tmp_path, monkeypatch):
     (tmp_path / "test.parquet").write_bytes(b"PAR1")
     with pytest.raises(tg.UserError, match=r"test\.parquet: reading \.parquet needs pyarrow: pip install pyarrow"):
         tg.load_problems(tmp_path / "test.parquet")
+
+def legacy_shuffle(n, words):
+    """numpy's legacy RandomState.permutation(n) written out: Fisher-Yates from the end, j in [0, i] drawn by masking
+    a 32-bit word to i's bit length, drawn again while j > i (numpy's random_interval)."""
+    arr, words = list(range(n)), iter(words)
+    for i in range(n - 1, 0, -1):
+        j = next(words) & ((1 << i.bit_length()) - 1)
+        while j > i:
+            j = next(words) & ((1 << i.bit_length()) - 1)
+        arr[i], arr[j] = arr[j], arr[i]
+    return arr
+
+def test_heldout_draw_by_hand(tmp_path):
+    """5 rows, row 1 without an answer: the draw runs over the 4 rows with one (file positions 0, 2, 3, 4). MT19937
+    seeded with 0 (numpy's RandomState(0), as C++'s std::mt19937(0)) starts 2357136044, 2546248239, 3071714933,
+    3626093760. Shuffling [0, 1, 2, 3]: i=3: 2357136044 & 3 = 0, swap 3<->0: [3, 1, 2, 0]; i=2: 2546248239 & 3 = 3 > 2,
+    again: 3071714933 & 3 = 1, swap 2<->1: [3, 2, 1, 0]; i=1: 3626093760 & 1 = 0, swap 1<->0: [2, 3, 1, 0]. n = 2
+    holds out kept rows 2 and 3: file positions 3 and 4, in that order."""
+    assert legacy_shuffle(4, [2357136044, 2546248239, 3071714933, 3626093760]) == [2, 3, 1, 0]
+    f = write_rows(tmp_path / "d.jsonl", [{"problem": f"Q{i}", "answer": "" if i == 1 else str(i)} for i in range(5)])
+    assert tg.heldout_rows(tg.load_problems(f), 2, tmp_path / "o") == {3, 4}
+    assert json.loads((tmp_path / "o" / "heldout.json").read_text()) == [3, 4]
+
+def test_heldout_draw_is_the_one_pandas_makes(tmp_path):
+    """The authors' DataFrame.sample(n, random_state=0) calls numpy's RandomState(0).choice(rows, n, replace=False)
+    (pandas/core/sample.py); on a 60-row table with 9 empty answers, the positions must be that draw's, in order."""
+    np = pytest.importorskip("numpy")
+    rows = [{"problem": f"Q{i}", "answer": "" if i % 7 == 3 else str(i)} for i in range(60)]
+    kept = [i for i, r in enumerate(rows) if r["answer"]]
+    assert len(kept) == 51
+    want = [kept[j] for j in np.random.RandomState(0).choice(len(kept), 6, replace=False)]
+    held = tg.heldout_rows(tg.load_problems(write_rows(tmp_path / "d.jsonl", rows)), 6, tmp_path / "o")
+    assert json.loads((tmp_path / "o" / "heldout.json").read_text()) == want and held == set(want)
+    words = np.random.RandomState(0).randint(0, 2**32, size=200, dtype=np.uint64).tolist()  # MT19937's raw words
+    assert legacy_shuffle(51, words)[:6] == np.random.RandomState(0).choice(51, 6, replace=False).tolist()
+
+def test_val_size_default_is_a_tenth_up_to_1000_and_a_given_value_is_exact(tmp_path, capsys):
+    assert tg.get_args(["--data", "x"]).val_size is None
+    few = [{"problem": f"Q{i}", "answer": "1", "row": i} for i in range(270)]
+    assert len(tg.heldout_rows(few, None, tmp_path / "a")) == 27                # a tenth of 270
+    assert capsys.readouterr().out == (f"held out 27 of 270 problems to validate on (the default --val-size, min(1000, "
+                                       f"a tenth of the rows)); their rows: {tmp_path / 'a'}/heldout.json\n")
+    assert len(tg.heldout_rows(few, 50, tmp_path / "b")) == 50                  # given: exact
+    assert capsys.readouterr().out == (f"held out 50 of 270 problems to validate on (--val-size 50); their rows: "
+                                       f"{tmp_path / 'b'}/heldout.json\n")
+    many = [{"problem": f"Q{i}", "answer": "1", "row": i} for i in range(12_345)]
+    assert len(tg.heldout_rows(many, None, tmp_path / "c")) == 1000             # a tenth would be 1,234
+    assert len(tg.heldout_rows(many, 1500, tmp_path / "d")) == 1500
+    assert tg.heldout_rows(few[:9], None, tmp_path / "e") == set() and not (tmp_path / "e").exists()  # 9 // 10 = 0
+    with pytest.raises(tg.UserError, match=r"^--val-size 270 leaves none of the 270 problems for training$"):
+        tg.heldout_rows(few, 270, tmp_path / "f")
 
 # ------------------------------------------------------------------------------------------------------------------
 # co-generation: word starts, the author rule, blank-line turns, stop ids
@@ -656,17 +714,28 @@ def test_solo_accuracy_has_its_own_random_stream(tok):
     assert tg.solo_accuracy(m, tok, probs, max_new_tokens=8) == tg.solo_accuracy(m, tok, probs, max_new_tokens=8)
     assert torch.equal(torch.get_rng_state(), state)                   # the training stream is untouched
 
-def test_validation_problems_never_reach_training(tmp_path, tok, monkeypatch):
+def test_validation_problems_never_reach_training(tmp_path, tok, monkeypatch, capsys):
+    """The authors' order: the draw over every row with an answer, then the prompt-length filter on both parts. Of 10
+    rows RandomState(0) holds out rows 2, 8, 4 (its permutation(10) starts 2, 8, 4); row 4 is too long: it stays in
+    heldout.json, and is neither validated nor trained on."""
     write_run_files(tmp_path, tok)                                    # 9 problems
-    train, val = tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)
-    assert len(train) == 6 and len(val) == 3 and not {p["problem"] for p in val} & {p["problem"] for p in train}
-    assert tg.split_validation(tg.load_problems(tmp_path / "d.jsonl"), 3)[1] == val   # a fixed draw
-    seen, rollout = [], tg.rollout
+    rows = [json.loads(l) for l in (tmp_path / "d.jsonl").read_text().splitlines()]
+    limit = max(len(tg.prompt_ids(tok, r["problem"])) for r in rows)
+    rows.insert(4, {"problem": "What is " + " + ".join(["12"] * 40) + "?", "answer": "480"})
+    write_rows(tmp_path / "d.jsonl", rows)
+    seen, validated, rollout, accuracy = [], [], tg.rollout, tg.split_accuracy
     monkeypatch.setattr(tg, "rollout", lambda s, j, t, probs, *a: seen.extend(probs) or rollout(s, j, t, probs, *a))
-    m = run_main(tmp_path, tmp_path / "o", "--steps", "4", "--val-size", "3", "--val-every", "2")
+    monkeypatch.setattr(tg, "split_accuracy",
+                        lambda m, t, probs, **k: validated.extend(probs) or accuracy(m, t, probs, **k))
+    m = run_main(tmp_path, tmp_path / "o", "--steps", "4", "--val-size", "3", "--val-every", "2",
+                 "--max-prompt-tokens", str(limit))
+    assert json.loads((tmp_path / "o" / "heldout.json").read_text()) == [2, 8, 4]
     assert [("val_solo" in x) for x in m] == [False, True, False, True] and 0 <= m[1]["val_solo"] <= 1
-    assert len(seen) == 8 and not {p["problem"] for p in seen} & {p["problem"] for p in val}
-
+    assert len(validated) == 4 and {p["row"] for p in validated} == {2, 8}
+    assert len(seen) == 8 and not {p["row"] for p in seen} & {2, 4, 8}
+    out = capsys.readouterr().out
+    assert f"held out 3 of 10 problems to validate on (--val-size 3); their rows: {tmp_path / 'o'}/heldout.json" in out
+    assert f"dropped 1 problems longer than {limit} prompt tokens" in out
 def test_log_and_show_lines(tmp_path, tok, capsys):
     r = dict(response=tok("The answer is", add_special_tokens=False).input_ids, reward=1.0)
     assert len(r["response"]) == 3
