@@ -736,6 +736,8 @@ def test_validation_problems_never_reach_training(tmp_path, tok, monkeypatch, ca
     out = capsys.readouterr().out
     assert f"held out 3 of 10 problems to validate on (--val-size 3); their rows: {tmp_path / 'o'}/heldout.json" in out
     assert f"dropped 1 problems longer than {limit} prompt tokens" in out
+    with pytest.raises(tg.UserError, match=r"^--max-prompt-tokens 5 leaves no problem of .*d\.jsonl to train on$"):
+        run_main(tmp_path, tmp_path / "p", "--steps", "1", "--max-prompt-tokens", "5")
 def test_log_and_show_lines(tmp_path, tok, capsys):
     r = dict(response=tok("The answer is", add_special_tokens=False).input_ids, reward=1.0)
     assert len(r["response"]) == 3
