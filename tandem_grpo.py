@@ -1094,11 +1094,11 @@ def problem_and_gold(row, where):
 
 def say_text_golds(path, problems):
     """One line when some golds can be matched only as text (words, such as 'all real values'; see text_only): a
-    boxed formula never matches them, so those problems teach nothing unless the model writes the same words."""
+    boxed formula never matches them, only the same words do."""
     text = [p["answer"] for p in problems if text_only(p["answer"])]
     if text:
-        eg = [a if isinstance(a, str) else a[0] for a in text[:2]]
-        eg = ", ".join(repr(a if len(a) <= 60 else a[:57] + "...") for a in eg)
+        eg = [" ".join((a if isinstance(a, str) else a[0]).split()) for a in text[:2]]  # one line, whatever they hold
+        eg = ", ".join(f"'{a[:57]}...'" if len(a) > 60 else f"'{a}'" for a in eg)
         print(f"{path}: {len(text)} of {len(problems)} gold answers are words, matched only as text (never by a "
               f"formula), e.g. {eg}")
 
@@ -1848,7 +1848,8 @@ def text_only(gold):
     """True when every answer a gold (a string or a list) accepts can be matched only as text: its box's content if
     it has one, each alternative, is words after normalisation (or longer than MAX_ANSWER)."""
     alts = [a for g in ([gold] if isinstance(gold, str) else gold) for a in _alternatives(final_answer(g) or g)]
-    return all(len(a) > MAX_ANSWER or _is_text(_choice(_normalize(a))[1]) for a in alts)
+    letters = lambda a: re.search("[a-zA-Z]{2}", re.sub(r"\\[a-zA-Z]+|[^a-zA-Z]", "", a))  # cheap: most have none
+    return all(len(a) > MAX_ANSWER or (letters(a) and _is_text(_choice(_normalize(a))[1])) for a in alts)
 
 def answers_equal(pred, gold):
     """True when the answer string pred means the same as the answer string gold, or as one of the answers the gold
