@@ -1236,11 +1236,12 @@ def stop_hint(out, step):
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
 # reward(completion, gold) is 1.0 when the final \boxed{} answer of the completion (its last box, with the boxes
-# joined to it by separators) means the same as the gold answer (or one of a list of them), else 0.0. Model text
-# never reaches eval(): a whitelist tokenizer and a small recursive-descent parser build sympy objects directly,
-# every size that makes sympy slow is capped before building, and equality is decided by exact rationals, sympy's
-# canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
-# Policies (percent, units, tolerance, lists vs tuples, ...) are listed in README.md.
+# joined to it by separators) means the same as the gold answer (or one of a list of them, or one of the answers a
+# gold in words spells out: 'C(10, 5), or equivalently 252'), else 0.0. Model text never reaches eval(): a whitelist
+# tokenizer and a small recursive-descent parser build sympy objects directly, every size that makes sympy slow is
+# capped before building, and equality is decided by exact rationals, sympy's canonical form, and a numeric check at
+# random points done by our own bounded mpmath evaluator.
+# Policies (percent, units, tolerance, lists vs tuples, spacing, golds in words, ...) are listed in README.md.
 # Pipeline: extraction (final_answer) -> normalisation (_normalize) -> parser (_Parser, _parse) -> equality (_equal).
 
 MAX_ANSWER = 1000        # longer answers are only compared as plain strings
@@ -1844,12 +1845,16 @@ def _alternatives(gold):
         alts.append(exact if exact != alt and not _is_text(_normalize(exact)) else alt)  # words stay whole
     return [a for a in alts if a.strip()]
 
+_NOT_WORDS = re.compile(r"\\[a-zA-Z]+|[^a-zA-Z]")  # what it leaves are the letters outside commands
+
 def text_only(gold):
     """True when every answer a gold (a string or a list) accepts can be matched only as text: its box's content if
     it has one, each alternative, is words after normalisation (or longer than MAX_ANSWER)."""
-    alts = [a for g in ([gold] if isinstance(gold, str) else gold) for a in _alternatives(final_answer(g) or g)]
-    letters = lambda a: re.search("[a-zA-Z]{2}", re.sub(r"\\[a-zA-Z]+|[^a-zA-Z]", "", a))  # cheap: most have none
-    return all(len(a) > MAX_ANSWER or (letters(a) and _is_text(_choice(_normalize(a))[1])) for a in alts)
+    golds = [gold] if isinstance(gold, str) else gold
+    if all(len(g) <= MAX_ANSWER and len(_NOT_WORDS.sub("", g)) < 2 for g in golds):  # most golds: no words, fast
+        return False
+    alts = [a for g in golds for a in _alternatives(final_answer(g) or g)]
+    return all(len(a) > MAX_ANSWER or _is_text(_choice(_normalize(a))[1]) for a in alts)
 
 def answers_equal(pred, gold):
     """True when the answer string pred means the same as the answer string gold, or as one of the answers the gold
