@@ -1359,7 +1359,8 @@ def _squeeze(s):
     return _SPACE.sub(r"\1", s)
 
 def _words(s):
-    """Text as compared: letters and digits, case ignored; a command stays one token (\\alpha b is not \\alphab)."""
+    """Text as compared: letters and digits, case ignored; a command stays one token, its case kept (\\alpha b is not
+    \\alphab, \\Delta is not \\delta)."""
     return [t if t[0] == "\\" else t.lower() for t in re.findall(r"\\[a-zA-Z]+|[a-zA-Z0-9]", s)]
 
 def _is_text(s):
