@@ -142,6 +142,7 @@ def load_problems(path):
         problems.append({"problem": problem, "answer": gold, "row": i})
     if n_empty:
         print(f"{path}: dropped {n_empty} row(s) with an empty answer")
+    say_text_golds(path, problems)  # golds in words that no formula can match: counted, in one line (appendix)
     if not problems:
         raise UserError(f"{path}: no rows" + (f" with an answer ({n_empty} empty)" if n_empty else " (empty file)"))
     return problems
@@ -1107,6 +1108,16 @@ def problem_and_gold(row, where):
         raise UserError(f"{where}: missing field {missing}")
     return row[pk], pk, row[ak], ak
 
+def say_text_golds(path, problems):
+    """One line when some golds can be matched only as text (words, such as 'all real values'; see text_only): a
+    boxed formula never matches them, only the same words do."""
+    text = [p["answer"] for p in problems if text_only(p["answer"])]
+    if text:
+        eg = [" ".join((a if isinstance(a, str) else a[0]).split()) for a in text[:2]]  # one line, whatever they hold
+        eg = ", ".join(f"'{a[:57]}...'" if len(a) > 60 else f"'{a}'" for a in eg)
+        print(f"{path}: {len(text)} of {len(problems)} gold answers are words, matched only as text (never by a "
+              f"formula), e.g. {eg}")
+
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: checkpoints and plumbing (files that survive a crash, one-line errors, --help; not the method)
 # A checkpoint is written to a temporary folder, fsynced, then renamed into place (atomic); `latest` names the newest.
@@ -1242,11 +1253,12 @@ def stop_hint(out, step):
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
 # reward(completion, gold) is 1.0 when the final \boxed{} answer of the completion (its last box, with the boxes
-# joined to it by separators) means the same as the gold answer (or one of a list of them), else 0.0. Model text
-# never reaches eval(): a whitelist tokenizer and a small recursive-descent parser build sympy objects directly,
-# every size that makes sympy slow is capped before building, and equality is decided by exact rationals, sympy's
-# canonical form, and a numeric check at random points done by our own bounded mpmath evaluator.
-# Policies (percent, units, tolerance, lists vs tuples, ...) are listed in README.md.
+# joined to it by separators) means the same as the gold answer (or one of a list of them, or one of the answers a
+# gold in words spells out: 'C(10, 5), or equivalently 252'), else 0.0. Model text never reaches eval(): a whitelist
+# tokenizer and a small recursive-descent parser build sympy objects directly, every size that makes sympy slow is
+# capped before building, and equality is decided by exact rationals, sympy's canonical form, and a numeric check at
+# random points done by our own bounded mpmath evaluator.
+# Policies (percent, units, tolerance, lists vs tuples, spacing, golds in words, ...) are listed in README.md.
 # Pipeline: extraction (final_answer) -> normalisation (_normalize) -> parser (_Parser, _parse) -> equality (_equal).
 
 MAX_ANSWER = 1000        # longer answers are only compared as plain strings
@@ -1334,6 +1346,7 @@ _RULES = [(re.compile(p), r) for p, r in [
     (r"(?<=\S)\s*\\approx[^,]*", ""),                             # "\frac13 \approx 0.33" is \frac13, per item
     # a trailing \text{ cm}, \mbox{ square units}^2 ... after a number is a unit
     (r"(?<=[\w})])\s*\\(?:text(?:normal|rm)?|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z\s.]*\}(?:\^\{?[23]\}?)?\s*$", ""),
+    (r"(\\[a-zA-Z]+)\s*(?=\\(?:text|mbox|math|boldsymbol|operatorname))", r"\1 "),  # \cdot\mathrm{s}: not \cdots
     (r"\\(?:text(?:bf|it|rm|normal)?|mbox|math(?:rm|bf|it)|boldsymbol|operatorname)\s*\{([^{}]*)\}", r"\1"),
     (r"(?:\s*,)?\s+(?:and|or)\s+|(?<=[)\]])\s*(?:and|or)\s*(?=[(\[])", ", "),  # "2, 3, and 4" is a list
     (r"(?<![\\a-zA-Z])(sqrt|pi|infty|sin|cos|tan|ln|log|exp)(?![a-zA-Z])", r"\\\1"),
@@ -1354,6 +1367,18 @@ def _normalize(s):
     if re.fullmatch(r"-?\d{1,3}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?", s):  # 10,000 and 10 000; not "32, 349"
         s = re.sub("[, ]", "", s)
     return s.strip()
+
+_SPACE = re.compile(r"(\\[a-zA-Z]+ (?=[a-zA-Z])|\d (?=\d))| ")
+
+def _squeeze(s):
+    """s without the spaces LaTeX ignores (\\cos \\theta is \\cos\\theta, \\frac {a}{b} is \\frac{a}{b}); a space that
+    ends a command before a letter (\\alpha b is not \\alphab) or separates digits (2 3 is not 23) stays."""
+    return _SPACE.sub(r"\1", s)
+
+def _words(s):
+    """Text as compared: letters and digits, case ignored; a command stays one token, its case kept (\\alpha b is not
+    \\alphab, \\Delta is not \\delta)."""
+    return [t if t[0] == "\\" else t.lower() for t in re.findall(r"\\[a-zA-Z]+|[a-zA-Z0-9]", s)]
 
 def _is_text(s):
     """Words (3+ letters, or an all-letter answer like 'no') are text, not a product like x*y*z."""
@@ -1822,14 +1847,48 @@ def _equal(a, b, k, deadline):
 def _readings(v, percent):  # 25\% may be written 25 or 0.25
     return [v, ("expr", v[1] / 100)] if percent and v[0] == "expr" else [v]
 
+_EQUIV = re.compile(r"\s*(?:[,;]\s*|(\()\s*)?(?:or\s+)?(?<![a-zA-Z])(?:equivalently|i\.\s?e\.),?\s*")
+_APPROX = re.compile(r"(?<=\S)\s*[,(]?\s*(?:or\s+)?(?<![\\a-zA-Z])(?:approx(?:imately|\.)?|roughly|about|\u2248)\s*"
+                     r"(?=[-+$\\\d.]).*", re.S)
+
+def _alternatives(gold):
+    """The answers a gold in words spells out, each accepted: 'X, or equivalently Y' and 'X (i.e., Y)' are X and Y.
+    An approximation after a formula is dropped, never accepted: '5/14, or approximately 35.7%' is 5/14."""
+    if not re.search(r"equivalently|i\.\s?e\.|approx|roughly|about|\u2248", gold):  # nearly every gold: one regex
+        return [gold]
+    parts, alts = _EQUIV.split(gold), []
+    for paren, alt in zip([None] + parts[1::2], parts[::2]):
+        alt = alt[:-1] if paren and alt.endswith(")") else alt  # the ')' closing '(i.e., Y)'
+        exact = _APPROX.sub("", alt)
+        alts.append(exact if exact != alt and not _is_text(_normalize(exact)) else alt)  # words stay whole
+    return [a for a in alts if a.strip()]
+
+_NOT_WORDS = re.compile(r"\\[a-zA-Z]+|[^a-zA-Z]")  # what it leaves are the letters outside commands
+
+def text_only(gold):
+    """True when every answer a gold (a string or a list) accepts can be matched only as text: its box's content if
+    it has one, each alternative, is words after normalisation (or longer than MAX_ANSWER)."""
+    golds = [gold] if isinstance(gold, str) else gold
+    if all(len(g) <= MAX_ANSWER and len(_NOT_WORDS.sub("", g)) < 2 for g in golds):  # most golds: no words, fast
+        return False
+    alts = [a for g in golds for a in _alternatives(final_answer(g) or g)]
+    return all(len(a) > MAX_ANSWER or _is_text(_choice(_normalize(a))[1]) for a in alts)
+
 def answers_equal(pred, gold):
-    """True when the answer string pred means the same as the answer string gold."""
+    """True when the answer string pred means the same as the answer string gold, or as one of the answers the gold
+    spells out in words (_alternatives; the gold only: pred is never split)."""
+    try:
+        return any(_answer_equal(pred, g) for g in _alternatives(gold))
+    except Exception:
+        return False
+
+def _answer_equal(pred, gold):
     try:
         if len(pred) > MAX_ANSWER or len(gold) > MAX_ANSWER:
             return pred.strip() == gold.strip()
         pct = [bool(re.search(r"%|percent", x)) for x in (pred, gold)]
         p, g = _normalize(pred), _normalize(gold)
-        if p == g:
+        if _squeeze(p) == _squeeze(g):  # the same LaTeX up to spacing
             return bool(p)
         (pl, pv), (gl, gv) = _choice(p), _choice(g)
         if pl and gl:  # both name a choice: compare the letters
@@ -1838,7 +1897,7 @@ def answers_equal(pred, gold):
         if not p or not g:
             return False
         if _is_text(p) or _is_text(g):  # case, spaces and punctuation do not matter
-            return re.sub(r"[^a-z0-9]", "", p.lower()) == re.sub(r"[^a-z0-9]", "", g.lower())
+            return _words(p) == _words(g)
         dp, dg = _decimals(p), _decimals(g)  # a tolerance only for a decimal against an exact value
         k = max(dp or 0, dg or 0) if (dp is None) != (dg is None) else None
         deadline = time.monotonic() + TIME_BUDGET

@@ -137,6 +137,23 @@ def test_gold_answers_lists_gsm8k_and_dropped_empty_rows(tmp_path, capsys):
     j.write_text(f.read_text())                                               # JSON lines named .json: read as such
     assert len(tg.load_problems(j)) == 5
 
+def test_golds_in_words_are_counted_in_one_line(tmp_path, capsys):
+    f = write_rows(tmp_path / "champ.jsonl", [
+        {"problem": "Q1", "answer": "5"}, {"problem": "Q2", "answer": "yes"},
+        {"problem": "Q3", "answer": "C(10, 5), or equivalently 252"},           # 252 is a formula: matchable
+        {"problem": "Q4", "answer": "\\text{all real\nnumbers}"}, {"problem": "Q5", "answer": ["no", "7"]},
+        {"problem": "Q6", "answer": ["none", "never"]}, {"problem": "Q7", "answer": "approximately 35.7"},
+        {"problem": "Q8", "answer": "5/14, or approximately 35.7%"}, {"problem": "Q9", "answer": "so \\boxed{C}"},
+        {"problem": "Q10", "answer": "the set of all x such that the sum of its digits is a prime number"}])
+    rows = tg.load_problems(f)
+    assert capsys.readouterr().out == (f"{f}: 5 of 10 gold answers are words, matched only as text (never by a "
+                                       "formula), e.g. 'yes', '\\text{all real numbers}'\n")
+    assert [tg.text_only(r["answer"]) for r in rows] == [0, 1, 0, 1, 0, 1, 1, 0, 0, 1]
+    assert tg.reward("\\boxed{252}", rows[2]["answer"]) == 1.0 == tg.reward("\\boxed{\\frac{5}{14}}", rows[7]["answer"])
+    write_rows(f, [{"problem": "Q", "answer": "the set of all x such that the sum of its digits is a prime number"}])
+    tg.load_problems(f)
+    assert capsys.readouterr().out.endswith("e.g. 'the set of all x such that the sum of its digits is a pri...'\n")
+
 def verl_row(content, truth):
     """A row as the authors' data/build_*.py write it (verl's layout), here as one JSON line."""
     return {"data_source": "aime24", "prompt": [{"role": "user", "content": content}], "ability": "math",
@@ -1520,6 +1537,52 @@ CASES = [
     # --- an interval of a function's values -------------------------------------------------------------
     ("(0, 1)", r"\boxed{0 < f(x) < 1}", 1),
     ("(0, 1)", r"\boxed{0 < f(x) \le 1}", 0),
+    # --- LaTeX spacing: Minerva-style formulas (\hbar, \vec, \langle are not parsed: equal up to spacing only) ----
+    (r"\frac{\hbar^2}{2m}\frac{d^2\psi}{dx^2}", r"\boxed{\frac {\hbar^2}{2 m} \frac{d^2 \psi}{d x^2}}", 1),
+    (r"\frac{\hbar^2}{2m}\frac{d^2\psi}{dx^2}", r"\boxed{\frac{\hbar^2}{m} \frac{d^2 \psi}{d x^2}}", 0),
+    (r"\hbar\omega", r"\boxed{\hbar \omega}", 1),
+    (r"\hbar\omega", r"\boxed{\hbar \Omega}", 0),
+    (r"\hbar\omega", r"\boxed{\hbar\omega^2}", 0),
+    (r"\vec{F}=q\vec{v}\times\vec{B}", r"\boxed{\vec{F} = q \vec{v} \times \vec{B}}", 1),
+    (r"\vec{F}=q\vec{v}\times\vec{B}", r"\boxed{\vec{F} = q \vec{B} \times \vec{v}}", 0),
+    (r"\langle x \rangle = \frac{L}{2}", r"\boxed{\langle x\rangle=\frac{L}{2}}", 1),
+    (r"\langle x \rangle = \frac{L}{2}", r"\boxed{\langle x\rangle=\frac{L}{3}}", 0),
+    (r"\hbar \alpha b", r"\boxed{\hbar\alpha b}", 1),
+    (r"\hbar \alpha b", r"\boxed{\hbar\alphab}", 0),  # a space that ends a command is no spacing
+    (r"\hbar y \cdot x", r"\boxed{\hbar y\cdotx}", 0),
+    (r"\hbar \cdot 1 2", r"\boxed{\hbar\cdot 12}", 0),  # nor is one between digits
+    (r"\hbar \sin x", r"\boxed{\hbar\sinh x}", 0),
+    (r"\cos \theta", r"\boxed{\cos\theta}", 1),
+    (r"\cos\theta", r"\boxed{\cos \phi}", 0),
+    (r"2 x", r"\boxed{2x+1}", 0),
+    (r"x\cdot\mathrm{s}^{-1}", r"\boxed{x \cdot \mathrm{s}^{-1}}", 1),  # \cdot\mathrm{s} is no \cdots
+    (r"x\cdot\mathrm{s}^{-1}", r"\boxed{x \cdot \mathrm{s}^{-2}}", 0),
+    (r"\alpha b \text{ where } b > 0", r"\boxed{\alpha b\ \text{where}\ b>0}", 1),  # text: commands are tokens
+    (r"\alpha b \text{ where } b > 0", r"\boxed{\alphab \text{ where } b > 0}", 0),
+    (r"\Delta E_n \text{ grows with } n", r"\boxed{\Delta E_n\text{ grows with }n}", 1),
+    (r"\Delta E_n \text{ grows with } n", r"\boxed{\delta E_n \text{ grows with } n}", 0),  # a command's case
+    # --- golds in words: alternatives accepted, approximations dropped (the gold only) ----------------------
+    ("C(10, 5), or equivalently 252", r"\boxed{252}", 1),
+    ("C(10, 5), or equivalently 252", r"\boxed{\binom{10}{5}}", 1),
+    ("C(10, 5), or equivalently 252", r"\boxed{C(10, 5)}", 1),
+    ("C(10, 5), or equivalently 252", r"\boxed{253}", 0),
+    ("C(10, 5), or equivalently 252", r"\boxed{\binom{10}{6}}", 0),
+    ("5/14, or approximately 35.7%", r"\boxed{\frac{5}{14}}", 1),
+    ("5/14, or approximately 35.7%", r"\boxed{35.7}", 0),
+    ("5/14, or approximately 35.7%", r"\boxed{35.7\%}", 0),
+    ("5/14, or approximately 35.7%", r"\boxed{0.357}", 0),
+    ("5/14, or approximately 35.7%", r"\boxed{\frac{5}{13}}", 0),
+    ("100 (i.e., all values)", r"\boxed{100}", 1),
+    ("100 (i.e., all values)", r"\boxed{\text{all values}}", 1),
+    ("100 (i.e., all values)", r"\boxed{99}", 0),
+    ("100 (i.e., all values)", r"\boxed{\text{all}}", 0),
+    (r"\frac{1}{2} (equivalently 50\%)", r"\boxed{50\%}", 1),
+    (r"\frac{1}{2} (equivalently 50\%)", r"\boxed{0.5}", 1),
+    (r"\frac{1}{2} (equivalently 50\%)", r"\boxed{0.05}", 0),
+    ("rotate about 90 degrees", r"\boxed{\text{Rotate about 90 degrees}}", 1),  # words stay whole
+    ("rotate about 90 degrees", r"\boxed{90}", 0),
+    ("252", r"\boxed{253, or equivalently 252}", 0),  # a model's answer is never split
+    ("252", r"\boxed{253 (i.e., 252)}", 0),
 ]
 
 
