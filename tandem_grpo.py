@@ -585,7 +585,7 @@ def main(args):
     junior = load_model(args.junior or args.model, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
                         trainable=False) if need_junior else None
     senior.activation_checkpointing_enable({"use_reentrant": False})     # active in train mode only
-    distribute(senior, junior, args)  # N ranks: FSDP2 shards the senior (appendix)
+    distribute(senior, junior, args)  # several ranks: FSDP2 shards the senior (appendix)
     opt = torch.optim.AdamW(senior.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             fused=dev.type == "cuda")
     word_start = word_start_mask(tok)
@@ -606,7 +606,7 @@ def main(args):
         for step in bar:
             t_step = time.time()
             batch = [problems[i] for i in problems_for_step(len(problems), step, args.prompts_per_step, args.seed)]
-            batch = batch[rank()::world()]  # N ranks: dealt by whole groups, each rank a share of every mini-batch
+            batch = batch[rank()::world()]  # dealt to the ranks by whole groups, each a share of every mini-batch
             park(opt, junior, "rollout", args)
             rollouts = rollout(senior, junior, tok, batch, args, word_start, step_end)
             t_gen = time.time() - t_step
@@ -685,8 +685,8 @@ def memory_report(args):
             ("senior gradients, float32", 0, 4 * n, 0),
             ("AdamW moments, float32 (2 a weight)", 0, 8 * n, 0),
             ("junior weights, bf16", 2 * n * junior_rollout, junior_kept, 2 * n * junior_rollout),
-            (f"KV caches: {args.gen_batch} x {S} tokens x {1 + tandem} models, "  # --compile: the static ones stay,
-             + ("kept; validation +1" if args.compile else "bf16; validation 1"),  # and validation adds its own
+            (f"KV caches: {args.gen_batch} x {S} tokens x {1 + tandem} model{'s' * tandem}, "  # --compile: the static
+             + ("kept; validation +1" if args.compile else "bf16; validation 1"),  # ones stay, validation adds its own
              kv_bytes, kv_bytes * args.compile, kv_one + kv_bytes * args.compile),
             (f"prompt prefill, one layer's temporaries ({args.max_prompt_tokens}-token prompts)", prefill, 0, prefill),
             (f"checkpointed layer inputs: {args.micro_batch} x {S} tokens x {L} layers, fp32", 0,
