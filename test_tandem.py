@@ -899,6 +899,17 @@ def test_static_decode_gives_the_same_rollouts(tok, enders, schedule, temperatur
     if schedule != "solo":
         assert ref["senior"].any() and (ref["mask"] & ~ref["senior"]).any()  # both authors wrote
 
+def test_static_decode_reads_a_given_uniform_table(tok, enders):
+    """u [B, T] replaces the sampler's draws on both paths (validation passes one): the same rollouts again, and
+    other rollouts than the global stream's."""
+    s, j = enders
+    u = torch.rand(8, 30, generator=torch.Generator().manual_seed(4))
+    kw = dict(schedule="word", temperature=1.0, prompts=prompts(tok, 8), max_new_tokens=30)
+    ref, out = both_paths(tok, s, j, seed=0, u=u, **kw)
+    for k in ("tokens", "senior", "mask", "truncated"):
+        assert torch.equal(out[k], ref[k]), k
+    assert not torch.equal(both_paths(tok, s, j, seed=0, **kw)[0]["tokens"], ref["tokens"])
+
 def test_static_decode_step_max_turns(tok, enders):
     s, j = enders
     se = torch.ones(len(tok), 3, dtype=torch.bool)  # every token holds a blank line: turns are single tokens
