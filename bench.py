@@ -188,7 +188,8 @@ def reward_bench(a):
 def paper_bench(a):
     """One slice of the paper's step on one GPU: peak memory of a rollout batch whose two KV caches hold the full
     prompt + response length, peak memory and time of one mini-batch update on full-length co-written rollouts,
-    and decode speed (solo vs tandem) at a short length."""
+    peak memory of a validation batch (the senior alone, full length, AdamW parked as in tandem_grpo.main), and
+    decode speed (solo vs tandem) at a short length."""
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
     peak = lambda: torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
@@ -281,6 +282,16 @@ def paper_bench(a):
     sync(); out["update_s"] = time.time() - t
     out["update_peak_gib"] = peak()
     out["update_tok_s"] = 64 * S / out["update_s"]
+    # 4. validation phase: AdamW's moments back on the CPU and the junior on the GPU (tg.park, as main does before
+    #    validating), then the senior alone decodes --gen-batch rows to the full length S
+    tg.park(opt, junior, "rollout", args)
+    reset()
+    long_prompts = torch.randint(1, V - 1, (G, S - a.decode_steps)).tolist()
+    sync(); t = time.time()
+    gen(senior, None, long_prompts, V, ws, eos, schedule="solo", max_new_tokens=a.decode_steps)
+    sync(); out["validate_full_len_s"] = time.time() - t
+    out["validate_peak_gib"] = peak()
+    del long_prompts
     # the paper's step: 128 rollouts = 128 / G rollout batches of new_tokens decode steps, then 2 updates of 64
     out["est_step_s"] = 128 / G * a.new_tokens * out["word_ms_per_step"] / 1e3 + 2 * out["update_s"]
     out["tandem_over_solo_time"] = out["word_ms_per_step"] / out["solo_ms_per_step"]

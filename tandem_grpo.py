@@ -52,7 +52,7 @@ DEMO = dict(model=str(DEMO_DIR / "model"), data=str(DEMO_DIR / "train.jsonl"), o
             show_every=40, threads=1)
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)  # (appendix)
     a = p.add_argument
     a("--model", default="Qwen/Qwen3-4B-Instruct-2507", help="senior: hub id or local folder")
     a("--junior", default=None, help="frozen junior (same tokenizer); default: a frozen copy of --model")
@@ -81,13 +81,13 @@ def get_args(argv=None):
     a("--max-new-tokens", type=int, default=3000, help="response budget: a response cut there has no EOS")
     a("--truncated-reward", default="grade", choices=["grade", "zero"],
       help="grade: a cut response is graded like any other (verl); zero: it scores 0 (acts as an overlong penalty)")
-    a("--length-penalty", type=float, default=0.0,
-      help="reward x (1 - this x response tokens / --max-new-tokens): a length cost like DAPO's (0: off, the paper)")
+    a("--length-penalty", type=float, default=0.0, help="reward x (1 - this x response tokens / --max-new-tokens): "
+      "scales the reward from the first token (not DAPO's additive penalty near the limit; 0: off, the paper)")
     a("--steps", type=int, default=200, help="training steps")
     a("--save-every", type=int, default=20, help="checkpoint every N steps (0: only at the end)")
     a("--val-size", type=int, default=None, help="problems held out of training to validate on, drawn as the authors "
       "do (None: min(1000, a tenth of the rows))")
-    a("--val-every", type=int, default=20, help="the senior's solo accuracy on them every N steps (0: never)")
+    a("--val-every", type=int, default=20, help="solo accuracy on them every N steps and on the last step (0: never)")
     a("--log-every", type=int, default=1, help="print one line of metrics every N steps (0: never)")
     a("--show-every", type=int, default=20, help="print one co-written rollout on the first step and every N (0: no)")
     a("--seed", type=int, default=0, help="seeds data order and sampling")
@@ -108,7 +108,7 @@ def get_args(argv=None):
     if "--demo" in argv:
         p.set_defaults(**DEMO)
     args = p.parse_args(argv)
-    check_args(p, args)  # every value, before anything heavy loads: a bad one is one line naming its range
+    check_args(p, args)  # every value, before anything heavy loads: a bad one is one line naming its range (appendix)
     return args
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -173,8 +173,13 @@ def reward(completion, gold):
 
 # ------------------------------------------------------------------------------------------------------------------
 # Co-generation: two models, two KV caches, one token stream
-# Shapes: B rollouts in a generation batch, b of them still running, P prompt and T response positions,
+# Shapes: B rows of a batch (here a generation batch), b of them still running, P prompt and T response positions,
 # V the tokenizer's ids, H the hidden size.
+
+def eos_ids(tok, model=None):
+    """Stop ids: the tokenizer's eos and every generation_config.eos_token_id (Qwen3: <|im_end|>, <|endoftext|>)."""
+    cfg = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return ({tok.eos_token_id} | set(cfg if isinstance(cfg, (list, tuple)) else [cfg])) - {None}
 
 def word_start_mask(tokenizer):
     """BoolTensor[V]: True for ids whose surface text starts with a space. Byte-level BPE writes that space as
@@ -224,7 +229,7 @@ def left_pad(seqs, pad_id, device):
 def last_hidden(model, ids, attn, pos, cache):
     """One cached forward of the transformer body; the output layer is applied only where needed. -> [b, H]"""
     return model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache,
-                               use_cache=True).last_hidden_state[:, -1]
+                               use_cache=True).last_hidden_state[:, -1]  # cache: transformers 4's past_key_values
 
 def next_author(schedule, tok, senior_turn, gap, turns, after_newline, coin, word_start, step_end, max_gap):
     """The schedule's rule, after each row wrote `tok` [b]. A row's state: senior_turn (who writes next), gap (word:
@@ -255,20 +260,18 @@ def next_author(schedule, tok, senior_turn, gap, turns, after_newline, coin, wor
 @torch.no_grad()
 def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_start=None, step_end=None,
                     schedule="word", p_senior=0.5, max_gap=32, max_new_tokens=3000, max_turns=0,
-                    temperature=0.6, top_k=0, top_p=1.0):
+                    temperature=0.6, top_k=0, top_p=1.0, u=None):
     """Co-write one response per prompt (lists of token ids). Schedules: word (coin at the start; redraw after a
     word-start token or after max_gap tokens), token (coin every token), step (senior first, swap after each blank
-    line; at most max_turns turns if > 0), solo (senior only: the junior never runs; also when p_senior == 1).
-    Returns tokens [B, T] (pad after the end), senior [B, T] (True where the senior wrote the token),
-    mask [B, T] (response tokens up to and including EOS) and truncated [B] (stopped without EOS)."""
+    line; max_turns > 0, used by eval.py, stops it), solo (senior only, the junior never runs; also if p_senior == 1).
+    u [B, max_new_tokens]: the sampler's uniforms (None: drawn step by step). -> tokens [B, T] (pad after the end),
+    senior [B, T] (True where the senior wrote it), mask [B, T] (up to and including EOS), truncated [B] (no EOS)."""
     dev, B = next(senior.parameters()).device, len(prompts)
     if junior is None or not junior_writes(schedule, p_senior):
         junior, schedule = None, "solo"
     models = [senior] if junior is None else [senior, junior]
     eos = torch.tensor(sorted(eos_ids), device=dev)
-    word_start = word_start.to(dev) if word_start is not None else None
-    step_end = step_end.to(dev) if step_end is not None else None
-    coin = lambda: torch.rand(B, device=dev)[row] < p_senior  # drawn for all B rows: the static path's stream
+    word_start, step_end = [x if x is None else x.to(dev) for x in (word_start, step_end)]
 
     ids, attn = left_pad(prompts, pad_id, dev)                                # [B, P]
     pos = (attn.cumsum(1) - 1).clamp(min=0)                                    # position ids for left padding
@@ -281,6 +284,7 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
     length = torch.full((B,), max_new_tokens, device=dev)
     truncated = torch.ones(B, dtype=torch.bool, device=dev)
     row = torch.arange(B, device=dev)                   # original index of each still-running row
+    coin = lambda: torch.rand(B, device=dev)[row] < p_senior  # B draws; row i keeps the i-th, whichever rows ended
     senior_turn = coin() if schedule in ("word", "token") else torch.ones(B, dtype=torch.bool, device=dev)
     gap = torch.zeros(B, dtype=torch.long, device=dev)  # tokens since the last redraw (word schedule)
     turns = torch.ones(B, dtype=torch.long, device=dev)  # turns so far (step schedule)
@@ -291,8 +295,8 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
         for m, h, who in zip(models, hid, (senior_turn, ~senior_turn)):
             if who.any():
                 logits[who] = m.get_output_embeddings()(h[who])[:, :n_vocab].float()
-        u = torch.rand(B, 1, device=dev)[row] if temperature else None        # [b, 1]
-        tok = sample(logits, temperature, top_k, top_p, u)                    # [b]
+        ut = (torch.rand(B, 1, device=dev) if u is None else u[:, t, None])[row] if temperature else None  # [b, 1]
+        tok = sample(logits, temperature, top_k, top_p, ut)                   # [b]
         tokens[row, t], by_senior[row, t] = tok, senior_turn
         # 2. who writes the next token
         senior_turn, gap, turns, after_newline = next_author(schedule, tok, senior_turn, gap, turns, after_newline,
@@ -323,19 +327,19 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
 # Advantages: group-relative, one number per rollout
 
 def group_advantages(rewards, group_size, eps=1e-6):
-    """rewards [N] (N = prompts x G, a group's rollouts adjacent) -> A [N], A_i = (r_i - mean) / (std + eps)
+    """rewards [prompts x G] (a group's rollouts adjacent) -> A, same shape, A_i = (r_i - mean) / (std + eps)
     within the group (std with Bessel's correction, as torch.std and verl). Equal rewards -> A = 0: no signal."""
     r = rewards.view(-1, group_size)
     return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Log-probs and the GRPO loss
-# From here on a batch is flattened: N = the counted response tokens of all its rows, [b, T] -> [N].
+# From here on a batch (B rows) is flattened: N = the counted response tokens of all its rows, [B, T] -> [N].
 
 LOGITS_CHUNK = 1024  # positions whose logits exist at once: 1024 x 151,936 float32 = 0.6 GB, never B x T x V
 
 def token_logprobs(model, hidden, targets, n_vocab, temperature):
-    """hidden [N, H] (the state before each target), targets [N] -> log p(target) [N], float32, of logits / T.
+    """hidden [N, H] (the state before each target), targets [N] -> log p(target) [N], float32, of logits / temperature.
     Logits are built LOGITS_CHUNK rows at a time, and rebuilt in backward (checkpoint) instead of stored."""
     def chunk(h, y):
         logits = model.get_output_embeddings()(h)[:, :n_vocab].float() / temperature  # [c, V] float32
@@ -345,7 +349,7 @@ def token_logprobs(model, hidden, targets, n_vocab, temperature):
 
 def response_hidden(model, ids, attn, n_prompt, select):
     """Final hidden states that predict the response tokens at the positions `select`, teacher-forced.
-    ids, attn [b, P+T] (prompt left-padded to P, response right-padded to T); select [b, T] bool -> [N, H]."""
+    ids, attn [B, P+T] (prompt left-padded to P, response right-padded to T); select [B, T] bool -> [N, H]."""
     pos = (attn.cumsum(1) - 1).clamp(min=0)
     h = model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
     return h[:, n_prompt - 1:-1][select]                 # the state at t-1 predicts token t
@@ -355,15 +359,21 @@ def response_logprobs(model, ids, attn, n_prompt, select, n_vocab, temperature):
     h = response_hidden(model, ids, attn, n_prompt, select)
     return token_logprobs(model, h, ids[:, n_prompt:][select], n_vocab, temperature)
 
+# PPO's pieces in plain words. The "old policy" is the senior's weights when the step's rollouts were written, and
+# old_logp its log-prob of each token. A step makes two updates (one a mini-batch): the first runs on those weights,
+# so ratio = exp(logp - old_logp) = 1; only the second, on moved weights, learns from tokens another policy sampled
+# (off-policy): the ratio corrects for that, and the clip stops pushing a token whose ratio already left
+# [1 - clip_low, 1 + clip_high] the way its advantage pushes. old_logp is recomputed teacher-forced, not kept from
+# decoding (which ran only the author's output layer); log-probs use the rollout temperature, which drew the tokens.
 def grpo_loss(logp, old_logp, adv, n_tokens, clip_low=0.2, clip_high=0.2, ref_logp=None, kl_coef=0.0, clip_c=3.0,
               weight=None):
     """Clipped surrogate over counted tokens, all [N]; adv is each token's rollout advantage.
         ratio = exp(logp - old_logp);  loss_t = max(-A ratio, -A clip(ratio, 1 - clip_low, 1 + clip_high))
         dual clip (verl): where A < 0, loss_t = min(loss_t, -A clip_c)   (a huge ratio cannot blow up the loss)
         (+ kl_coef * k3,  k3 = exp(ref - logp) - (ref - logp) - 1 clamped to [-10, 10] as verl does, toward the junior)
-    Token-mean: returns sum_t weight_t loss_t / n_tokens, with n_tokens counted over the whole mini-batch (every
-    response token, the junior's included, as the authors' verl does), so its micro-batches add up to its mean."""
-    ratio = torch.exp((logp - old_logp).clamp(-20, 20))
+    Token-mean: returns sum_t weight_t loss_t / n_tokens, n_tokens counted over the whole mini-batch (--token-mean
+    all: every response token, the junior's included, as the authors' verl), so its micro-batches add up to its mean."""
+    ratio = torch.exp((logp - old_logp).clamp(-20, 20))  # verl's clamp: e^20 is finite, so A = 0 never gives 0 x inf
     loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high))
     if clip_c:
         loss = torch.where(adv < 0, torch.minimum(loss, -adv * clip_c), loss)
@@ -372,15 +382,21 @@ def grpo_loss(logp, old_logp, adv, n_tokens, clip_low=0.2, clip_high=0.2, ref_lo
         loss = loss + kl_coef * (torch.exp(d) - d - 1).clamp(-10, 10)
     return (loss if weight is None else loss * weight).sum() / n_tokens
 
+def clip_active(logp, old_logp, adv, clip_low=0.2, clip_high=0.2):
+    """[N] bool, the tokens verl's pg_clipfrac counts: the clipped term is the larger loss (ratio above 1 + clip_high
+    with A > 0, below 1 - clip_low with A < 0); a token capped by the dual clip is not one of them."""
+    ratio = torch.exp((logp - old_logp).clamp(-20, 20))
+    return -adv * ratio.clamp(1 - clip_low, 1 + clip_high) > -adv * ratio
+
 # ------------------------------------------------------------------------------------------------------------------
 # One training step: rollouts -> rewards -> advantages -> two clipped-loss updates
 
 def autocast(device):
-    """bf16 matmuls on CUDA over float32 master weights; plain float32 on CPU (and under FSDP2, which casts itself)."""
+    """bf16 matmuls on CUDA over float32 master weights; float32 on CPU; off once FSDP2 casts (FSDP_CASTS, appendix)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not FSDP_CASTS else nullcontext()
 
 def pack(rollouts, pad_id, device):
-    """Rollouts -> ids, attn [b, P+T] (prompts left-padded to P, responses right-padded to T), P, senior [b, T]."""
+    """Rollouts -> ids, attn [B, P+T] (prompts left-padded to P, responses right-padded to T), P, senior [B, T]."""
     p_ids, p_attn = left_pad([r["prompt"] for r in rollouts], pad_id, device)
     T = max(len(r["response"]) for r in rollouts)
     right = lambda x, fill: torch.tensor([v + [fill] * (T - len(v)) for v in x], device=device)
@@ -391,9 +407,8 @@ def pack(rollouts, pad_id, device):
 
 def rollout(senior, junior, tok, problems, args, word_start, step_end):
     """G co-written rollouts for each problem, generated --gen-batch at a time, with their rewards."""
-    dev, out = next(senior.parameters()).device, []
+    dev, out, jobs = next(senior.parameters()).device, [], []
     senior.eval()  # no dropout, and the KV cache stays on (gradient checkpointing turns it off in train mode)
-    jobs = []
     for p in problems:
         ids = prompt_ids(tok, p["problem"])  # templated once, repeated G times
         jobs += [(p, ids)] * args.group_size
@@ -416,8 +431,8 @@ def rollout(senior, junior, tok, problems, args, word_start, step_end):
     return out
 
 def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
-    """Old log-probs, then one PPO epoch of mini-batch updates on the senior's own tokens. -> loss metrics.
-    An update whose gradient norm is not finite is skipped (verl's rule); three in a row stop the run."""
+    """Old log-probs, then one PPO epoch of mini-batch updates on the senior's tokens (and the junior's, weighted, if
+    --junior-token-weight > 0). -> loss metrics. A non-finite gradient norm skips the update (verl); 3 in a row stop."""
     dev, n_vocab, w_junior = next(senior.parameters()).device, len(tok), args.junior_token_weight
     def batch(rows):  # -> ids, attn [b, P+T], P, weight [b, T]: 1 senior-written, w_junior junior-written, 0 pad
         ids, attn, P, by_senior = pack([rollouts[i] for i in rows], tok.pad_token_id, dev)
@@ -440,11 +455,11 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
     senior.train()  # gradient checkpointing is active in train mode only
     update_mode([senior, junior], True)  # FSDP2: gather each layer for its forward/backward only (appendix)
     stats = dict(loss=0.0, clip_frac=0.0, grad_norm=0.0, skipped=0)
-    mb = args.mini_batch_prompts // world() * args.group_size  # this rank's share of a mini-batch's rollouts
+    mb = args.mini_batch_prompts // world() * args.group_size  # this rank's share (world(): the ranks, appendix)
     for start in range(0, len(idx), mb):
         rows_mb = idx[start:start + mb]
-        w_den = 1.0 if args.token_mean == "all" else w_junior  # a junior token in the denominator: 1 (verl) or w
-        n_tokens = max(1e-8, all_sum(sum(1.0 if s else w_den for i in rows_mb for s in rollouts[i]["senior"])))
+        count = lambda w: max(1e-8, all_sum(sum(1.0 if s else w for i in rows_mb for s in rollouts[i]["senior"])))
+        n_tokens, n_counted = count(1.0 if args.token_mean == "all" else w_junior), count(w_junior)  # all_sum: appendix
         for rows in micro(rows_mb):
             ids, attn, P, weight = batch(rows)
             cat = lambda d: torch.cat([d[i] for i in rows]).to(dev)
@@ -455,11 +470,9 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
                              cat(ref) if args.kl_coef else None, args.kl_coef, args.clip_c, weight[weight > 0])
             loss.backward()
             stats["loss"] += loss.item()
-            with torch.no_grad():
-                ratio = torch.exp(lp - cat(old))
-                clipped = (ratio < 1 - args.clip_low) | (ratio > 1 + args.clip_high)
-                stats["clip_frac"] += (clipped * weight[weight > 0]).sum().item() / n_tokens
-        sum_grads(senior)  # N ranks without FSDP2: add their gradients up (appendix)
+            active = clip_active(lp.detach(), cat(old), a, args.clip_low, args.clip_high)  # verl's pg_clipfrac
+            stats["clip_frac"] += (active * weight[weight > 0]).sum().item() / n_counted
+        sum_grads(senior)  # several ranks without FSDP2: add their gradients up (appendix)
         norm = torch.nn.utils.clip_grad_norm_(senior.parameters(), args.grad_clip)
         finite = bool(torch.isfinite(norm))
         if finite:  # a NaN/inf gradient never reaches the weights: the update is skipped (verl's rule)
@@ -507,43 +520,32 @@ def show_rollout(tok, problem, r, color):
             f"{problem['answer']}); the junior wrote the {'cyan' if color else '[[bracketed]]'} text")
 
 # ------------------------------------------------------------------------------------------------------------------
-# Helpers shared with eval.py
-
-def eos_ids(tok, model=None):
-    """Stop ids: the tokenizer's eos plus every id of the model's generation_config.eos_token_id
-    (Qwen3: <|im_end|> and <|endoftext|>)."""
-    cfg = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = {tok.eos_token_id} | set(cfg if isinstance(cfg, (list, tuple)) else [cfg])
-    return ids - {None}
+# Training loop
 
 @torch.no_grad()
-def solo_accuracy(model, tok, problems, batch=100, max_new_tokens=3000, temperature=0.7, top_p=0.8, top_k=20,
-                  seed=0):
-    """Mean reward of one solo sample per problem (the paper's evaluation sampling by default). It draws from its own
-    seeded random stream, so it neither depends on nor disturbs the training run's."""
+def solo_accuracy(model, tok, problems, batch=32, max_new_tokens=3000, temperature=0.7, top_p=0.8, top_k=20, seed=0):
+    """Mean reward of one solo sample per problem (the paper's evaluation sampling by default), `batch` at a time.
+    Problem i samples with row i of one seeded table of uniforms: the same draws whatever the batch, and the training
+    stream is untouched. main calls it through split_accuracy (appendix), which deals the problems to the ranks."""
     dev, total = next(model.parameters()).device, 0.0
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for i in range(0, len(problems), batch):
-            chunk = problems[i:i + batch]
-            with autocast(dev):
-                gen = tandem_generate(model, None, [prompt_ids(tok, p["problem"]) for p in chunk],
-                                      eos_ids=eos_ids(tok, model), pad_id=tok.pad_token_id, n_vocab=len(tok),
-                                      schedule="solo", max_new_tokens=max_new_tokens, temperature=temperature,
-                                      top_p=top_p, top_k=top_k)
-            for j, p in enumerate(chunk):
-                total += reward(tok.decode(gen["tokens"][j][gen["mask"][j]], skip_special_tokens=True), p["answer"])
+    u = torch.rand(len(problems), max_new_tokens, generator=torch.Generator().manual_seed(seed))  # 12 MB at 1000 x 3000
+    for i in range(0, len(problems), batch):
+        chunk = problems[i:i + batch]
+        with autocast(dev):
+            gen = tandem_generate(model, None, [prompt_ids(tok, p["problem"]) for p in chunk],
+                                  eos_ids=eos_ids(tok, model), pad_id=tok.pad_token_id, n_vocab=len(tok),
+                                  schedule="solo", max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, top_k=top_k, u=u[i:i + batch].to(dev))
+        for j, p in enumerate(chunk):
+            total += reward(tok.decode(gen["tokens"][j][gen["mask"][j]], skip_special_tokens=True), p["answer"])
     return total / len(problems)
-
-# ------------------------------------------------------------------------------------------------------------------
-# Training loop
 
 def problems_for_step(n, step, k, seed):
     """The k problem indices of a step: a fresh shuffle every epoch, a pure function of (seed, step) for resume."""
     out, perms = [], {}
     for j in range(step * k, (step + 1) * k):
         epoch, i = divmod(j, n)
-        if epoch not in perms:  # one shuffle per epoch the step touches (at most two)
+        if epoch not in perms:  # (at most two a step) seed * 100003 + epoch: unique while epoch < 100003
             perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         out.append(perms[epoch][i].item())
     return out
@@ -582,7 +584,7 @@ def main(args):
     junior = load_model(args.junior or args.model, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
                         trainable=False) if need_junior else None
     senior.activation_checkpointing_enable({"use_reentrant": False})     # active in train mode only
-    distribute(senior, junior, args)  # N ranks: FSDP2 shards the senior (appendix)
+    distribute(senior, junior, args)  # several ranks: FSDP2 shards the senior (appendix)
     opt = torch.optim.AdamW(senior.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             fused=dev.type == "cuda")
     word_start = word_start_mask(tok)
@@ -603,7 +605,7 @@ def main(args):
         for step in bar:
             t_step = time.time()
             batch = [problems[i] for i in problems_for_step(len(problems), step, args.prompts_per_step, args.seed)]
-            batch = batch[rank()::world()]  # N ranks: dealt by whole groups, each rank a share of every mini-batch
+            batch = batch[rank()::world()]  # dealt to the ranks by whole groups, each a share of every mini-batch
             park(opt, junior, "rollout", args)
             rollouts = rollout(senior, junior, tok, batch, args, word_start, step_end)
             t_gen = time.time() - t_step
@@ -612,7 +614,9 @@ def main(args):
                      **train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row))
             skipped_in_a_row = m.pop("skipped_in_a_row")
             if val and args.val_every and ((step + 1) % args.val_every == 0 or step + 1 == args.steps):
-                m["val_solo"] = split_accuracy(senior, tok, val, max_new_tokens=args.max_new_tokens, seed=args.seed)
+                park(opt, junior, "rollout", args)  # decoding again: AdamW waits on the CPU (appendix)
+                m["val_solo"] = split_accuracy(senior, tok, val, temperature=0.6, top_p=0.95, top_k=0,  # the authors'
+                                               batch=args.gen_batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
             m.update(gen_s=t_gen, step_s=time.time() - t_step)
             if rank() == 0:  # one log (its numbers are already over all ranks)
                 log.write(json.dumps(m) + "\n")
@@ -653,10 +657,12 @@ def park(opt, junior, phase, args):
         junior.to("cuda" if phase == "rollout" else "cpu")
 
 def memory_report(args):
-    """Print the GPU budget of this setting, line by line, in GiB. Two phases never overlap: rollouts (weights,
-    bf16 copy, junior, both KV caches; AdamW parked on the CPU) and updates (weights, grads, AdamW, activations of
-    one micro-batch with checkpointing, one logits chunk; junior parked unless --kl-coef). Estimates: the peaks
-    bench.py --paper measured on an H200 for Qwen3-4B were up to 5% above them (allocator, temporaries)."""
+    """Print the GPU budget of this setting, line by line, in GiB. Three phases never overlap: rollouts (weights,
+    bf16 copy, junior, both KV caches; AdamW parked on the CPU), updates (weights, grads, AdamW, activations of
+    one micro-batch with checkpointing, one logits chunk; junior parked unless --kl-coef) and validation (placed as
+    for rollouts, but the senior decodes alone: one KV cache of --gen-batch rows; none if --val-every or --val-size
+    is 0). Estimates: the peaks bench.py --paper measured on an H200 for Qwen3-4B were up to 5% above them
+    (allocator, temporaries)."""
     try:
         c = AutoConfig.from_pretrained(args.model)
     except OSError as e:
@@ -669,31 +675,37 @@ def memory_report(args):
     S, tandem = args.max_prompt_tokens + args.max_new_tokens, junior_writes(args.schedule, args.p_senior)
     junior_rollout, junior_update = tandem or args.kl_coef > 0, args.kl_coef > 0  # as park() places it
     tok_mb = args.micro_batch * S                                   # tokens in one training micro-batch
-    kv_bytes = args.gen_batch * S * 2 * L * kv * 2 * (1 + tandem)   # both KV caches, full length
-    rows = [("senior weights, float32 master copy", 4 * n, 4 * n),
-            ("senior bf16 copy (autocast cache)", 2 * n, 0),
-            ("senior gradients, float32", 0, 4 * n),
-            ("AdamW moments, float32 (2 a weight)", 0, 8 * n),
-            ("junior weights, bf16", 2 * n * junior_rollout, 2 * n * (junior_update or junior_rollout * args.compile)),
-            (f"KV caches: {args.gen_batch} rollouts x {S} tokens x {1 + tandem} models, "
-             f"{'kept' if args.compile else 'bf16'}",
-             kv_bytes, kv_bytes * args.compile),
-            (f"prompt prefill, one layer's temporaries ({args.max_prompt_tokens}-token prompts)",
-             args.gen_batch * args.max_prompt_tokens * (3 * I * 2 + 3 * H * 4), 0),
-            (f"checkpointed layer inputs: {args.micro_batch} x {S} tokens x {L} layers, fp32", 0, L * tok_mb * H * 4),
-            ("one layer recomputed in backward (+ its grads)", 0, 2 * tok_mb * (2 * (2 * q + 2 * kv) + 8 * I + 16 * H)),
-            (f"logits chunk: {LOGITS_CHUNK} x {V} fp32 (logits, log-softmax, grad)", 0, 3 * LOGITS_CHUNK * V * 4)]
+    kv_one = args.gen_batch * S * 2 * L * kv * 2                    # one model's KV cache, full length, bf16
+    kv_bytes = kv_one * (1 + tandem)                                # rollouts: both models' (tandem)
+    prefill = args.gen_batch * args.max_prompt_tokens * (3 * I * 2 + 3 * H * 4)
+    junior_kept = 2 * n * (junior_update or junior_rollout * args.compile)
+    rows = [("senior weights, float32 master copy", 4 * n, 4 * n, 4 * n),   # bytes in: rollout, update, validation
+            ("senior bf16 copy (autocast cache)", 2 * n, 0, 2 * n),
+            ("senior gradients, float32", 0, 4 * n, 0),
+            ("AdamW moments, float32 (2 a weight)", 0, 8 * n, 0),
+            ("junior weights, bf16", 2 * n * junior_rollout, junior_kept, 2 * n * junior_rollout),
+            (f"KV caches: {args.gen_batch} x {S} tokens x {1 + tandem} model{'s' * tandem}, "  # --compile: the static
+             + ("kept; validation +1" if args.compile else "bf16; validation 1"),  # ones stay, validation adds its own
+             kv_bytes, kv_bytes * args.compile, kv_one + kv_bytes * args.compile),
+            (f"prompt prefill, one layer's temporaries ({args.max_prompt_tokens}-token prompts)", prefill, 0, prefill),
+            (f"checkpointed layer inputs: {args.micro_batch} x {S} tokens x {L} layers, fp32", 0,
+             L * tok_mb * H * 4, 0),
+            ("one layer recomputed in backward (+ its grads)", 0,
+             2 * tok_mb * (2 * (2 * q + 2 * kv) + 8 * I + 16 * H), 0),
+            (f"logits chunk: {LOGITS_CHUNK} x {V} fp32 (logits, log-softmax, grad)", 0, 3 * LOGITS_CHUNK * V * 4, 0)]
     if args.nproc > 1:  # FSDP2 over --nproc ranks: the senior's and junior's rows change (appendix: more than one GPU)
-        rows = sharded_rows(args, n, root, layer, junior_rollout, junior_update) + rows[5:]
+        rows = [(*r, r[1]) for r in sharded_rows(args, n, root, layer, junior_rollout, junior_update)] + rows[5:]
+    if not args.val_every or args.val_size == 0:  # no validation phase (None: the default tenth)
+        rows = [(name, a, b, 0) for name, a, b, _ in rows]
     gib = lambda b: f"{b / 2**30:8.1f}"
     ranks = f", one of {args.nproc} ranks (FSDP2)" if args.nproc > 1 else ""
     print(f"memory budget for {args.model}: {n / 1e9:.2f}B parameters, schedule {args.schedule}{ranks}")
-    print(f"{'':62s}{'rollout':>8s}{'update':>8s}  GiB")
-    for name, a, b in rows:
-        print(f"  {name:60s}{gib(a)}{gib(b)}")
-    peak = max(sum(r[1] for r in rows), sum(r[2] for r in rows))
-    print(f"  {'total':60s}{gib(sum(r[1] for r in rows))}{gib(sum(r[2] for r in rows))}   peak {peak / 2**30:.1f} GiB")
-    return peak
+    print(f"{'':62s}{'rollout':>8s}{'update':>8s}{'validate':>10s}  GiB")
+    for name, a, b, c in rows:
+        print(f"  {name:60s}{gib(a)}{gib(b)}  {gib(c)}")
+    totals = [sum(r[i] for r in rows) for i in (1, 2, 3)]
+    print(f"  {'total':60s}{gib(totals[0])}{gib(totals[1])}  {gib(totals[2])}   peak {max(totals) / 2**30:.1f} GiB")
+    return max(totals)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: static-shape decode (--compile, for CUDA graphs; not part of the method)
@@ -738,7 +750,7 @@ def static_caches(models, B, L, keep):
 @torch.no_grad()
 def static_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_start=None, step_end=None,
                     schedule="word", p_senior=0.5, max_gap=32, max_new_tokens=3000, max_turns=0,
-                    temperature=0.6, top_k=0, top_p=1.0, compile=None, check_every=16):
+                    temperature=0.6, top_k=0, top_p=1.0, u=None, compile=None, check_every=16):
     """tandem_generate with fixed shapes (see above). compile: capture the decode step with torch.compile
     (default: on CUDA only)."""
     dev, B, T = next(senior.parameters()).device, len(prompts), max_new_tokens
@@ -778,8 +790,8 @@ def static_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
         logits = heads[0](hid[0])[:, :n_vocab].float()
         if junior is not None:
             logits = torch.where(senior_turn[:, None], logits, heads[1](hid[1])[:, :n_vocab].float())
-        u = torch.rand(B, 1, device=dev) if temperature else None
-        tok = sample(logits, temperature, top_k, top_p, u)                     # [B]
+        ut = (torch.rand(B, 1, device=dev) if u is None else u[:, t, None]) if temperature else None
+        tok = sample(logits, temperature, top_k, top_p, ut)                    # [B]
         tokens[:, t] = torch.where(live, tok, pad_id)
         by_senior[:, t] = senior_turn & live
         # 2. who writes the next token: tandem_generate's rule, on every row

@@ -526,6 +526,19 @@ def test_dual_clip_and_token_weights_hand_values():
                      weight=torch.tensor([1.0, 0.5]))
     assert w.item() == pytest.approx((-1.2 + 0.4) / 1.5, abs=1e-6)
 
+def test_clip_active_is_verls_pg_clipfrac_hand_values():
+    # verl counts a token when the clipped term is the larger loss, -A clip(r) > -A r (clip 0.2; 0.28 above):
+    #   r=1.5 A=+1: -1.2 > -1.5 yes        r=0.5 A=-1: 0.8 > 0.5 yes       r=1.1 A=-2: 2.2 > 2.2 no (inside)
+    #   r=0.5 A=+1: -0.8 > -0.5 no         r=1.5 A=-1: 1.2 > 1.5 no        r=5 A=-1: the dual-clip token, no
+    #   r=1.25 A=+1: inside [0.8, 1.28]    r=0.1 A=0: no signal, no        r=e^100 A=0: no (not a NaN either)
+    r = torch.tensor([1.5, 0.5, 1.1, 0.5, 1.5, 5.0, 1.25, 0.1, math.exp(100)])       # the last one is inf in float32
+    adv = torch.tensor([1.0, -1.0, -2.0, 1.0, -1.0, -1.0, 1.0, 0.0, 0.0])
+    logp = torch.cat([r[:8].log(), torch.tensor([100.0])])
+    active = tg.clip_active(logp, torch.zeros(9), adv, 0.2, 0.28)
+    assert active.tolist() == [True, True, False, False, False, False, False, False, False]
+    # the old count (ratio outside the band, whatever A) counted 7 of these 9 tokens
+    assert int(((r < 0.8) | (r > 1.28)).sum()) == 7
+
 def test_logprobs_match_full_log_softmax(tok, senior):
     ps = prompts(tok, 3)
     torch.manual_seed(9)
@@ -650,6 +663,24 @@ def test_token_mean_denominator_hand_values(tok, token_mean, n_tokens):
     stats = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=0.0), ro, a)
     assert stats["loss"] == pytest.approx(-2 / math.sqrt(2) / n_tokens, abs=1e-5)
 
+@pytest.mark.parametrize("token_mean,w_junior,expected", [("all", 0.0, 1 / 4), ("senior", 0.0, 1 / 4),
+                                                           ("all", 0.5, 1 / 7)])
+def test_clip_frac_is_a_share_of_the_counted_tokens(tok, monkeypatch, token_mean, w_junior, expected):
+    # the rows of the test above: 4 senior + 6 junior tokens. With the clip active on the first token only (a
+    # senior one), clip_frac = its weight / the counted weight: 1 / 4, whatever --token-mean (the loss's denominator);
+    # at --junior-token-weight 0.5 the 6 junior tokens count 0.5 each: 1 / (4 + 3). The first and only update sees
+    # ratio 1 (same weights, same forward): the real clip_active counts nothing.
+    ro = [dict(prompt=[5, 6, 7], response=[8, 9, 10, 11, 12], senior=[True, False, True, False, True], reward=1.0),
+          dict(prompt=[5, 7], response=[13, 14, 15, 16, 17], senior=[False, False, True, False, False], reward=0.0)]
+    a = args_for(tok, group_size=2, prompts_per_step=1, mini_batch_prompts=1, micro_batch=2, token_mean=token_mean,
+                 junior_token_weight=w_junior)
+    m = tiny_model(tok, seed=0).requires_grad_(True)
+    assert tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=0.0), ro, a)["clip_frac"] == 0.0
+    first = lambda logp, old, adv, lo, hi: torch.arange(len(adv)) == 0
+    monkeypatch.setattr(tg, "clip_active", first)
+    stats = tg.train_step(m, None, tok, torch.optim.SGD(m.parameters(), lr=0.0), ro, a)
+    assert stats["clip_frac"] == pytest.approx(expected, abs=1e-9)
+
 def test_step_changes_senior_not_junior(tok, junior):
     m = tiny_model(tok, seed=0)
     m.requires_grad_(True)
@@ -731,6 +762,47 @@ def test_solo_accuracy_has_its_own_random_stream(tok):
     assert tg.solo_accuracy(m, tok, probs, max_new_tokens=8) == tg.solo_accuracy(m, tok, probs, max_new_tokens=8)
     assert torch.equal(torch.get_rng_state(), state)                   # the training stream is untouched
 
+def test_validation_draws_do_not_depend_on_the_batch(tok, enders, monkeypatch):
+    """Problem i samples with row i of one seeded table: decoded 1, 3 or all 7 at a time (rows ending at different
+    steps, so the batch shrinks differently), every problem gets the same tokens. Seeding each chunk would not do:
+    torch.rand(B) draws depend on B and on the row's place in its chunk (checked below)."""
+    s, _ = enders
+    probs = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8),
+                                                                                  (2, 2), (4, 4), (6, 6)]]
+    seen, generate = [], tg.tandem_generate
+    def spy(*a, **k):
+        g = generate(*a, **k)
+        seen.extend(g["tokens"][i][g["mask"][i]].tolist() for i in range(len(g["mask"])))
+        return g
+    monkeypatch.setattr(tg, "tandem_generate", spy)
+    runs = []
+    for batch in (1, 3, 7):
+        seen.clear()
+        tg.solo_accuracy(s, tok, probs, batch=batch, max_new_tokens=30, temperature=1.0, top_p=1.0, top_k=0, seed=3)
+        runs.append(list(seen))
+    assert runs[0] == runs[1] == runs[2] and len(runs[0]) == 7
+    assert len({len(t) for t in runs[0]}) >= 2                          # rows of different lengths
+    ids = [tg.prompt_ids(tok, p["problem"]) for p in probs]
+    per_chunk = []                                                      # the old way: one seed, then chunk by chunk
+    for batch in (3, 7):
+        torch.manual_seed(3)
+        for i in range(0, 7, batch):
+            g = gen(tok, s, None, prompts=ids[i:i + batch], schedule="solo", max_new_tokens=30, temperature=1.0)
+            per_chunk += [g["tokens"][j][g["mask"][j]].tolist() for j in range(len(g["mask"]))]
+    assert per_chunk[:7] != per_chunk[7:]
+
+def test_validation_parks_adamw_and_samples_as_the_authors(tmp_path, tok, monkeypatch):
+    """Validation decodes --gen-batch rows at a time, after park(..., "rollout") (AdamW to the CPU on CUDA), with the
+    authors' sampling (temperature 0.6, top_p 0.95, top_k off), every --val-every steps and on the last one."""
+    write_run_files(tmp_path, tok)
+    events, park, solo = [], tg.park, tg.solo_accuracy
+    monkeypatch.setattr(tg, "park", lambda opt, j, phase, args: events.append(phase) or park(opt, j, phase, args))
+    monkeypatch.setattr(tg, "solo_accuracy", lambda m, t, ps, **kw: events.append(kw) or solo(m, t, ps, **kw))
+    m = run_main(tmp_path, tmp_path / "o", "--steps", "3", "--val-size", "3", "--val-every", "2", "--gen-batch", "5")
+    assert [("val_solo" in x) for x in m] == [False, True, True]
+    val = dict(batch=5, max_new_tokens=12, temperature=0.6, top_p=0.95, top_k=0, seed=0)
+    assert events == ["rollout", "update", "rollout", "update", "rollout", val, "rollout", "update", "rollout", val]
+
 def test_validation_problems_never_reach_training(tmp_path, tok, monkeypatch, capsys):
     """The authors' order: the draw over every row with an answer, then the prompt-length filter on both parts. Of 10
     rows RandomState(0) holds out rows 2, 8, 4 (its permutation(10) starts 2, 8, 4); row 4 is too long: it stays in
@@ -755,6 +827,7 @@ def test_validation_problems_never_reach_training(tmp_path, tok, monkeypatch, ca
     assert f"dropped 1 problems longer than {limit} prompt tokens" in out
     with pytest.raises(tg.UserError, match=r"^--max-prompt-tokens 5 leaves no problem of .*d\.jsonl to train on$"):
         run_main(tmp_path, tmp_path / "p", "--steps", "1", "--max-prompt-tokens", "5")
+
 def test_log_and_show_lines(tmp_path, tok, capsys):
     r = dict(response=tok("The answer is", add_special_tokens=False).input_ids, reward=1.0)
     assert len(r["response"]) == 3
@@ -847,11 +920,31 @@ def test_junior_writes_decides_for_generation_main_and_memory_report(capsys):
     def junior_row(*argv):
         tg.memory_report(tg.get_args(["--model", str(tg.DEMO_DIR.parent / "configs" / "qwen3-0.6b"), *argv]))
         row = next(l for l in capsys.readouterr().out.splitlines() if "junior weights" in l)
-        return [float(x) > 0 for x in row.split()[-2:]]   # [rollout, update] hold the junior?
-    assert junior_row() == [True, False]
-    assert junior_row("--schedule", "step", "--p-senior", "1") == [True, False]   # step: the junior writes
-    assert junior_row("--schedule", "solo") == [False, False]
-    assert junior_row("--schedule", "solo", "--kl-coef", "0.001") == [True, True]  # KL keeps it on the GPU
+        return [float(x) > 0 for x in row.split()[-3:]]   # [rollout, update, validate] hold the junior?
+    assert junior_row() == [True, False, True]           # validation: placed as for rollouts (park)
+    assert junior_row("--schedule", "step", "--p-senior", "1") == [True, False, True]   # step: the junior writes
+    assert junior_row("--schedule", "solo") == [False, False, False]
+    assert junior_row("--schedule", "solo", "--kl-coef", "0.001") == [True, True, True]  # KL keeps it on the GPU
+
+def test_memory_report_validation_column_follows_the_flags(capsys):
+    """Qwen3-0.6B: one model's KV cache is gen_batch x 4,024 tokens x 28 layers x (K, V) x 1,024 x 2 bytes
+    = 13.75 GiB at --gen-batch 32. Validation is placed as rollouts are (AdamW parked, no gradients) and decodes the
+    senior alone: one cache, whatever the schedule; --compile keeps the rollouts' static caches beside it."""
+    def report(*argv):
+        tg.memory_report(tg.get_args(["--model", str(tg.DEMO_DIR.parent / "configs" / "qwen3-0.6b"), *argv]))
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1].split() == ["rollout", "update", "validate", "GiB"]
+        cols = lambda key: [float(x) for x in next(l for l in lines if l.strip().startswith(key)).split()[-3:]]
+        return cols("KV caches"), cols("AdamW"), cols("senior gradients"), [float(x) for x in lines[-1].split()[1:4]]
+    one = 32 * 4024 * 28 * 2 * 1024 * 2 / 2**30
+    kv, adam, grads, total = report()
+    assert kv == [round(2 * one, 1), 0.0, round(one, 1)] and adam[2] == 0 and grads[2] == 0
+    assert total[2] == pytest.approx(total[0] - one, abs=0.1)            # rollouts minus the junior's cache
+    assert report("--gen-batch", "16")[0] == [round(one, 1), 0.0, round(one / 2, 1)]
+    assert report("--schedule", "solo")[0] == [round(one, 1), 0.0, round(one, 1)]
+    assert report("--compile")[0] == [round(2 * one, 1), round(2 * one, 1), round(3 * one, 1)]
+    assert report("--val-every", "0")[3][2] == 0 and report("--val-size", "0")[3][2] == 0
+    assert report("--nproc", "2")[1] == [2.2, 2.2, 2.2]                  # FSDP2: AdamW's 1/2 is never parked
 
 # ------------------------------------------------------------------------------------------------------------------
 # appendix: static-shape decode (--compile): on CPU, exactly tandem_generate's tokens, authors, masks, truncation
@@ -894,6 +987,17 @@ def test_static_decode_gives_the_same_rollouts(tok, enders, schedule, temperatur
     assert (~ref["truncated"]).any() and len(set(lengths.tolist())) >= 2  # rows do end early, at different steps
     if schedule != "solo":
         assert ref["senior"].any() and (ref["mask"] & ~ref["senior"]).any()  # both authors wrote
+
+def test_static_decode_reads_a_given_uniform_table(tok, enders):
+    """u [B, T] replaces the sampler's draws on both paths (validation passes one): the same rollouts again, and
+    other rollouts than the global stream's."""
+    s, j = enders
+    u = torch.rand(8, 30, generator=torch.Generator().manual_seed(4))
+    kw = dict(schedule="word", temperature=1.0, prompts=prompts(tok, 8), max_new_tokens=30)
+    ref, out = both_paths(tok, s, j, seed=0, u=u, **kw)
+    for k in ("tokens", "senior", "mask", "truncated"):
+        assert torch.equal(out[k], ref[k]), k
+    assert not torch.equal(both_paths(tok, s, j, seed=0, **kw)[0]["tokens"], ref["tokens"])
 
 def test_static_decode_step_max_turns(tok, enders):
     s, j = enders
