@@ -10,7 +10,7 @@ What it computes, in order, for every senior on every file (--n samples a proble
   3. word   handoff under the training coin (p_senior, redrawn after a word-start token or max_gap) -> word pass@k
   4. both models teacher-forced over the senior's solo chains (end-of-turn token excluded; prompt + chain of 4,088
      tokens or more left out, counted): legibility (junior's cross-entropy), self-CE (senior's), drift (KL(p || q))
-  5. pass@k unbiased per problem, k = 1, 2, 4, .., n; means per file, then macro over files; 95% bootstrap intervals;
+  5. pass@k unbiased per problem, k = 1, 2, 4, .., n; means per set, then macro over sets; 95% bootstrap intervals;
      every senior minus the first, paired by problem
 A response cut at its budget or its turns is graded as it is (the authors' rule; --truncated-reward zero scores it 0).
 The table goes to stdout; everything (settings, metrics, every sample's text and author mask) to --out as JSON.
@@ -19,7 +19,7 @@ README.md (Evaluation) defines every metric.
 Run it:
     python eval.py --demo                               # the bundled tiny model, before and after tandem_grpo --demo
     python eval.py --senior runs/grpo/step_000200 --senior runs/trl/step_000120 --junior Qwen/Qwen3-4B-Instruct-2507 \\
-        --data aime.jsonl amc.jsonl minerva.jsonl olympiad.jsonl --out runs/eval.json
+        --data amc.jsonl aime=aime24.jsonl,aime25.jsonl minerva.jsonl --out runs/eval.json  # NAME=...: files pooled
 """
 import argparse, json, math, os, sys, time
 from pathlib import Path
@@ -61,8 +61,9 @@ def get_args(argv=None):
     a("--senior", action="append", help="model to evaluate, hub id or local folder; repeat the flag for several "
                                         "(--demo: the demo model and the senior its training wrote)")
     a("--junior", default="Qwen/Qwen3-4B-Instruct-2507", help="the frozen junior (same vocabulary as every senior)")
-    a("--data", nargs="+", help="problem files: .jsonl, .json, .parquet (pyarrow), or hf://datasets/OWNER/NAME/FILE")
-    a("--limit", type=int, default=0, help="evaluate the first N problems of each file (0: all)")
+    a("--data", nargs="+", help="problem sets (the macro averages over them): a file (.jsonl, .json, .parquet with "
+                                "pyarrow, hf://datasets/OWNER/NAME/FILE), or NAME=FILE,FILE,...: files pooled as NAME")
+    a("--limit", type=int, default=0, help="evaluate the first N problems of each file (0: all), pooled ones too")
     a("--n", type=int, default=8, help="samples per problem, for every schedule")
     a("--temperature", type=float, default=0.7, help="sampling temperature, every schedule (0: greedy)")
     a("--top-p", type=float, default=0.8, help="nucleus sampling: keep the smallest set of ids with this much mass")
@@ -98,9 +99,16 @@ def get_args(argv=None):
         p.error("--p-senior must be in [0, 1]")
     if not 0 < args.top_p <= 1:
         p.error("--top-p must be in (0, 1]")
-    for f in args.data:
-        if not f.startswith("hf://") and not Path(f).is_file():
-            p.error(f"--data {f}: no such file")
+    names = [name for name, _ in data_sets(args.data) if name]
+    for entry in args.data:
+        name, files = data_sets([entry])[0]
+        if name is not None and (not name or not all(files)):
+            p.error(f"--data {entry}: write NAME=FILE,FILE,... (a name, then files separated by commas)")
+        if name and names.count(name) > 1:
+            p.error(f"--data {entry}: the set name {name} is given twice")
+        for f in files:
+            if not f.startswith("hf://") and not Path(f).is_file():
+                p.error(f"--data {entry}: no such file" + (f" {f}" if name is not None else ""))
     for m in args.senior + [args.junior]:
         if looks_local(m) and not Path(m).expanduser().is_dir():
             p.error(f"{m}: no such model folder")
@@ -372,6 +380,12 @@ def table(report):
 # ------------------------------------------------------------------------------------------------------------------
 # Main: every senior on every file, the table, the JSON
 
+def data_sets(entries):
+    """--data entries -> [(name, files)]: NAME=F1,F2,... pools files into one set (name NAME; a name has no '/');
+    a plain file is a set of its own (name None: main names it by its path)."""
+    pooled = lambda e: "=" in e and "/" not in e.split("=", 1)[0]
+    return [(e.split("=", 1)[0], e.split("=", 1)[1].split(",")) if pooled(e) else (None, [e]) for e in entries]
+
 def unique_names(paths, min_parts):
     """Display names: the shortest tail of each path (at least min_parts parts; a local path taken relative to the
     working folder) that no other path shares, so that data/eval/aime24/test.parquet is aime24/test.parquet next to
@@ -408,8 +422,10 @@ def main(args):
     check_writable(args.out)
     if args.threads:  # the demo's tiny model: 2 threads gain ~20% on 2 idle cores and cost 5-10x on 2 busy ones
         torch.set_num_threads(args.threads)
-    names = unique_names(args.data, 1)
-    data = {n: load_problems(f)[:args.limit or None] for n, f in zip(names, args.data)}  # validated before models load
+    sets = data_sets(args.data)
+    tails = iter(unique_names([files[0] for name, files in sets if name is None], 1))
+    data = {name or next(tails): [p for f in files for p in load_problems(f)[:args.limit or None]]  # pooled in order
+            for name, files in sets}  # validated before models load
     dev = torch.device(args.device)
     jtok = load_tokenizer(args.junior)
     toks = {}  # each senior's own tokenizer builds its prompts; ids pass unchanged, so the vocabularies must agree

@@ -1789,7 +1789,8 @@ def test_step_handoff_by_hand_on_merged_tokens(merged_tok):
     """Scripted turns on a tokenizer whose tokens cross blank lines. The senior writes 'We add ' and one token
     'is 6.\n\nThe answer ': its turn keeps 'We add is 6.\n\n' (what follows the blank line is dropped, its tokens
     still count). The junior reads that text re-tokenized and writes '4', '.', '\n', '\n' (a blank line of two
-    tokens). The senior reads both turns re-tokenized ('.ĊĊ' where '.', 'Ċ', 'Ċ' were sampled), writes \boxed{46}, EOS."""
+    tokens). The senior reads both turns re-tokenized ('.ĊĊ' where '.', 'Ċ', 'Ċ' were sampled), then
+    writes \\boxed{46} and EOS."""
     tok = merged_tok
     enc = lambda x: tok(x, add_special_tokens=False).input_ids
     v = tok.get_vocab()
@@ -1965,12 +1966,46 @@ def test_unique_names(tmp_path, monkeypatch):
     files = ["eval/aime24/test.parquet", "eval/amc23_25/test.parquet", "x/aime.jsonl", "/data/gsm8k/test.jsonl"]
     assert ev.unique_names(files, 1) == ["aime24/test.parquet", "amc23_25/test.parquet", "aime.jsonl", "test.jsonl"]
 
+def test_pooled_sets_macro_by_hand(tmp_path, tok, monkeypatch):
+    """--data NAME=F1,F2 pools files into one set. Problems answered '1' are always solved, the others never:
+    a = [1], b = [0, 0, 0], c = [1, 0]. Separate: macro = (1 + 0 + 1/2) / 3 = 0.5; a and b pooled as ab:
+    (1/4 + 1/2) / 2 = 0.375. --limit 1 takes the first problem of each file: ab = [1, 0], c = [1]: (1/2 + 1) / 2."""
+    tiny_model(tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    for name, answers in (("a", "1"), ("b", "000"), ("c", "10")):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps({"problem": f"{name}{i}?", "answer": x})
+                                                          for i, x in enumerate(answers)))
+    def fake_evaluate(senior, junior, tok, problems, args, *rest, name=""):  # every sample: solved iff answer '1'
+        x = lambda p: dict(text="", reward=float(p["answer"] == "1"), truncated=False, length=1, senior_tokens=1,
+                           authors="s", legibility=None, self_ce=None, drift=None)
+        return {sch: [[x(p) for _ in range(args.n)] for p in problems] for sch in ev.SCHEDULES}
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    f = lambda n: str(tmp_path / f"{n}.jsonl")
+    run = lambda *data: ev.main(ev.get_args(["--senior", str(tmp_path / "m"), "--junior", str(tmp_path / "m"),
+                                             "--n", "2", "--device", "cpu", "--out", str(tmp_path / "r.json"),
+                                             "--data", *data]))["seniors"].popitem()[1]
+    separate, pooled = run(f("a"), f("b"), f("c")), run(f"ab={f('a')},{f('b')}", f("c"))
+    assert separate["macro"]["solo pass@1"][0] == pytest.approx(0.5)
+    assert pooled["macro"]["solo pass@1"][0] == pytest.approx(0.375) == pooled["macro"]["step pass@2"][0]
+    assert list(pooled["files"]) == ["ab", "c.jsonl"]
+    assert [p["problem"] for p in pooled["files"]["ab"]["problems"]] == ["a0?", "b0?", "b1?", "b2?"]
+    assert pooled["files"]["ab"]["metrics"]["solo pass@1"][0] == pytest.approx(0.25)
+    limited = ev.main(ev.get_args(["--senior", str(tmp_path / "m"), "--junior", str(tmp_path / "m"), "--n", "2",
+                                   "--device", "cpu", "--out", str(tmp_path / "r.json"), "--limit", "1",
+                                   "--data", f"ab={f('a')},{f('b')}", f("c")]))["seniors"].popitem()[1]
+    assert limited["macro"]["solo pass@1"][0] == pytest.approx(0.75)
+
 @pytest.mark.parametrize("flags,message", [
     (["--n", "0"], "--n must be >= 1"), (["--batch", "0"], "--batch must be >= 1"),
     (["--max-turns", "0"], "--max-turns must be >= 1"), (["--temperature", "-0.1"], "--temperature must be >= 0"),
     (["--p-senior", "1.5"], "--p-senior must be in [0, 1]"), (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--data", "nope.jsonl"], "--data nope.jsonl: no such file"), (["--senior", "./nope"], "./nope: no such model"),
     (["--junior", "runs/nope/step_000020"], "runs/nope/step_000020: no such model folder"),
+    (["--data", "aime="], "--data aime=: write NAME=FILE,FILE,..."),
+    (["--data", "=x.jsonl"], "--data =x.jsonl: write NAME=FILE,FILE,..."),
+    (["--data", f"aime={tg.DEMO_DIR / 'test.jsonl'},nope.jsonl"], "no such file nope.jsonl"),
+    (["--data", f"a={tg.DEMO_DIR / 'test.jsonl'}", f"a={tg.DEMO_DIR / 'train.jsonl'}"],
+     "the set name a is given twice"),
 ])
 def test_bad_flags_fail_before_loading(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
