@@ -233,7 +233,8 @@ def sample_responses(senior, junior, tok, problems, schedule, args, word_start, 
     return out
 
 # ------------------------------------------------------------------------------------------------------------------
-# Legibility and drift: both models teacher-forced over the senior's solo chains, float32, temperature 1
+# Legibility and drift: both models teacher-forced over the senior's solo chains, temperature 1; bf16 matmuls on
+# CUDA (the authors score with bf16 weights in vLLM), float32 on CPU
 
 def next_token_stats(senior, junior, h_s, h_j, y, n_vocab):
     """Final hidden states h_s, h_j [N, H] of the two models before each target y [N] -> [N, 3]:
@@ -257,9 +258,10 @@ def teacher_forced(senior, junior, pairs, n_vocab, pad_id, batch, desc=""):
     for s in tqdm(range(0, len(pairs), batch), desc=desc, leave=False):
         rows = [dict(prompt=p, response=r, senior=[True] * len(r)) for p, r in pairs[s:s + batch]]
         ids, attn, P, sel = pack(rows, pad_id, dev)            # [b, P+T], [b, P+T], P, sel [b, T]: every chain token
-        h_s = response_hidden(senior, ids, attn, P, sel)        # [N, H] float32 (no autocast)
-        h_j = response_hidden(junior, ids, attn, P, sel)        # [N, H]
-        stats = next_token_stats(senior, junior, h_s, h_j, ids[:, P:][sel], n_vocab)  # [N, 3]
+        with autocast(dev):                                     # logits in bf16 on CUDA, log-softmax in float32
+            h_s = response_hidden(senior, ids, attn, P, sel)    # [N, H]
+            h_j = response_hidden(junior, ids, attn, P, sel)    # [N, H]
+            stats = next_token_stats(senior, junior, h_s, h_j, ids[:, P:][sel], n_vocab)  # [N, 3]
         out += [tuple(x.mean(0).tolist()) for x in stats.split(sel.sum(1).tolist())]
     return out
 

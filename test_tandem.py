@@ -1696,6 +1696,27 @@ def test_teacher_forced_matches_unpadded_forward(tok):
         ref = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).mean().item()
         assert drift == pytest.approx(ref, rel=1e-4) and drift > 0
 
+def test_teacher_forced_scores_under_autocast(tok, monkeypatch):
+    """Scoring runs under tandem_grpo's autocast: bf16 matmuls on CUDA (the authors score with bf16 weights), float32
+    on CPU. Simulated here with CPU bf16 autocast: legibility equals a bf16-autocast reference forward, and moves away
+    from the float32 value."""
+    s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
+    with torch.no_grad():
+        j.lm_head.weight.mul_(30)  # sharp logits: bf16 rounding shows in the cross-entropy
+    torch.manual_seed(0)
+    g = tg.tandem_generate(s, None, prompts(tok, 3), eos_ids=tg.eos_ids(tok), pad_id=tok.pad_token_id,
+                           n_vocab=len(tok), schedule="solo", max_new_tokens=12, temperature=1.0)
+    pairs = [(p, g["tokens"][i][g["mask"][i]].tolist()) for i, p in enumerate(prompts(tok, 3))]
+    f32 = ev.teacher_forced(s, j, pairs, len(tok), tok.pad_token_id, batch=3)
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    monkeypatch.setattr(ev, "autocast", lambda device: bf16())
+    out = ev.teacher_forced(s, j, pairs, len(tok), tok.pad_token_id, batch=1)
+    for (p, r), (leg, _, _), (leg32, _, _) in zip(pairs, out, f32):
+        with torch.no_grad(), bf16():
+            logq = j(torch.tensor([p + r])).logits[0, len(p) - 1:-1, :len(tok)].float().log_softmax(-1)
+        ref = -logq.gather(1, torch.tensor(r)[:, None]).mean().item()
+        assert leg == pytest.approx(ref, rel=1e-3) and abs(leg - leg32) > 10 * abs(leg - ref)
+
 def test_chain_of_thought_drops_eos_and_leaves_long_chains_out():
     assert ev.chain_of_thought(10, [5, 6, 7], truncated=False) == [5, 6]    # the end-of-turn token is not read
     assert ev.chain_of_thought(10, [5, 6, 7], truncated=True) == [5, 6, 7]  # cut: there is no end-of-turn token
