@@ -163,8 +163,8 @@ def generate(senior, junior, tok, prompts, budgets, schedule, args, word_start, 
 
 def turn_text(text):
     """A turn's text -> (its text up to and including its first blank line, True), or (text, False) when it has none.
-    As vLLM's stop=["\n\n"] with the stop string kept: a token holding a blank line and more ('.\n\nThe') loses
-    the rest."""
+    As vLLM's stop=["\\n\\n"] with the stop string kept: a token holding a blank line and more ('.\\n\\nThe')
+    loses the rest."""
     cut = text.find("\n\n")
     return (text, False) if cut < 0 else (text[:cut + 2], True)
 
