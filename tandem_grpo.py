@@ -147,13 +147,14 @@ def load_problems(path):
         raise UserError(f"{path}: no rows" + (f" with an answer ({n_empty} empty)" if n_empty else " (empty file)"))
     return problems
 
-def prompt_ids(tokenizer, problem):
+def prompt_ids(tokenizer, problem, as_text=False):
     """One user message (the problem, one space, the authors' suffix; a problem that ends with the suffix already, as
-    in the authors' verl rows, verbatim) through the chat template, no <think> block -> token ids."""
+    in the authors' verl rows, verbatim) through the chat template, no <think> block -> token ids (as_text: the
+    templated string)."""
     content = problem if problem.rstrip().endswith(PROMPT_SUFFIX) else f"{problem} {PROMPT_SUFFIX}"
     msg = [{"role": "user", "content": content}]
     text = tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-    return tokenizer(text, add_special_tokens=False).input_ids
+    return text if as_text else tokenizer(text, add_special_tokens=False).input_ids
 
 # ------------------------------------------------------------------------------------------------------------------
 # Reward: 1 if the final \boxed{} answer of the completion equals the gold answer, else 0 (no format reward)
@@ -263,11 +264,12 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
                     temperature=0.6, top_k=0, top_p=1.0, u=None):
     """Co-write one response per prompt (lists of token ids). Schedules: word (coin at the start; redraw after a
     word-start token or after max_gap tokens), token (coin every token), step (senior first, swap after each blank
-    line; max_turns > 0, used by eval.py, stops it), solo (senior only, the junior never runs; also if p_senior == 1).
-    u [B, max_new_tokens]: the sampler's uniforms (None: drawn step by step). -> tokens [B, T] (pad after the end),
-    senior [B, T] (True where the senior wrote it), mask [B, T] (up to and including EOS), truncated [B] (no EOS)."""
+    line; max_turns > 0, used by eval.py, stops it; one turn needs no junior), solo (senior only, the junior never
+    runs; also if p_senior == 1). u [B, max_new_tokens]: the sampler's uniforms (None: drawn step by step).
+    -> tokens [B, T] (pad after the end), senior [B, T] (True where the senior wrote it), mask [B, T] (up to and
+    including EOS), truncated [B] (no EOS)."""
     dev, B = next(senior.parameters()).device, len(prompts)
-    if junior is None or not junior_writes(schedule, p_senior):
+    if not junior_writes(schedule, p_senior) or junior is None and (schedule, max_turns) != ("step", 1):
         junior, schedule = None, "solo"
     models = [senior] if junior is None else [senior, junior]
     eos = torch.tensor(sorted(eos_ids), device=dev)
