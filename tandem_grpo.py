@@ -591,8 +591,8 @@ def main(args):
     if args.demo:  # measured on the base model, before any checkpoint is loaded
         test = load_problems(DEMO_DIR / "test.jsonl")
         before = split_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
-    start_run(out, args)  # the folder, and args.json: the settings a --resume must keep (appendix)
     start = load_checkpoint(out, senior, opt)  # weights, AdamW and RNG states of `latest`, if any (appendix)
+    start_run(out, args)  # the folder, and args.json: the settings a --resume must keep (appendix)
     if args.resume and rank() == 0:  # forget what was logged after the checkpoint: those steps are redone
         if not start:
             print(f"--resume: no checkpoint in {out} yet, starting from step 0")
