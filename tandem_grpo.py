@@ -1167,18 +1167,17 @@ def check_out(args):
     or a checkpoint) needs --resume; a checkpoint continues only with the settings it started with (OUT/args.json:
     all but RESUME_MAY_CHANGE equal)."""
     out = Path(args.out)
-    if rank() == 0:  # try: create it and a file in it, then remove what this made (N ranks: one tries)
-        made = [d for d in (out, *out.parents) if not d.exists()]
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f".probe.{os.getpid()}").touch()
-            (out / f".probe.{os.getpid()}").unlink()
-        except OSError as e:
-            raise UserError(f"--out {out}: cannot create or write it ({e.strerror})") from None
-        finally:
-            for d in made:  # innermost first
-                with suppress(OSError):
-                    d.rmdir()
+    made = [d for d in (out, *out.parents) if not d.exists()] if world() == 1 else []  # N ranks: all try, none removes
+    try:  # create it and a file in it, then remove what this made
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f".probe.{os.getpid()}").touch()
+        (out / f".probe.{os.getpid()}").unlink()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create or write it ({e.strerror})") from None
+    finally:
+        for d in made:  # innermost first
+            with suppress(OSError):
+                d.rmdir()
     if ((out / "metrics.jsonl").exists() or (out / "latest").exists()) and not args.resume:
         raise UserError(f"--out {out} holds a run already: add --resume to continue it, or choose a new --out")
     if not (out / "latest").exists():
