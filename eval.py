@@ -6,7 +6,7 @@ What it computes, in order, for every senior on every file (--n samples a proble
   2. step   handoff on text (the authors' protocol): the senior writes the first turn, then the two alternate; each
             turn reads the prompt + text so far re-tokenized and ends after its text's first blank line (kept), at
             most --max-turns turns (the authors' 150 rounds of two), one budget of sampled tokens shared,
-            min(max_new_tokens, 4096 - prompt - 8)                              -> step pass@k, step/solo at pass@4
+            min(max_new_tokens, 4096 - prompt - 8)              -> step pass@k, step/solo at pass@4 (or @n if n < 4)
   3. word   handoff under the training coin (p_senior, redrawn after a word-start token or max_gap) -> word pass@k
   4. both models teacher-forced over the senior's solo chains (end-of-turn token excluded; prompt + chain of 4,088
      tokens or more left out, counted): legibility (junior's cross-entropy), self-CE (senior's), drift (KL(p || q))
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tandem_grpo import (DEMO_DIR, LOGITS_CHUNK, HelpFormatter, UserError, autocast, eos_ids, load_model,
-                         load_problems, load_tokenizer, pack, prompt_ids, response_hidden, reward, step_end_mask,
-                         tandem_generate, word_start_mask)
+from tandem_grpo import (DEMO_DIR, LOGITS_CHUNK, HelpFormatter, UserError, autocast, check_data_path, eos_ids,
+                         load_model, load_problems, load_tokenizer, pack, prompt_ids, response_hidden, reward,
+                         same_vocabulary, step_end_mask, tandem_generate, word_start_mask)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Settings (the paper's evaluation sampling is the default)
@@ -44,8 +44,16 @@ def demo_seniors():
     folder, else next to this script), if it exists."""
     for runs in (Path("runs/demo"), Path(__file__).resolve().parent / "runs" / "demo"):
         if (runs / "latest").exists():
-            return [str(DEMO_DIR / "model"), str(runs / (runs / "latest").read_text().strip())]
+            return [str(DEMO_DIR / "model"), newest_checkpoint(str(runs))]
     return [str(DEMO_DIR / "model")]
+
+def newest_checkpoint(path):
+    """A training run's --out folder, or its `latest` file -> the checkpoint `latest` names; any other path as given."""
+    p = Path(path).expanduser()
+    latest = p / "latest" if p.is_dir() else p
+    if latest.name == "latest" and latest.is_file():
+        return str(latest.parent / latest.read_text().strip())
+    return path
 
 # --demo swaps in these defaults (flags on the command line still win): all 200 held-out problems, 90-125 s on 2 cores.
 DEMO = dict(junior=str(DEMO_DIR / "model"), data=[str(DEMO_DIR / "test.jsonl")], n=4, max_new_tokens=96, batch=128,
@@ -58,8 +66,9 @@ def looks_local(path):
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)  # docstring as written + defaults
     a = p.add_argument
-    a("--senior", action="append", help="model to evaluate, hub id or local folder; repeat the flag for several "
-                                        "(--demo: the demo model and the senior its training wrote)")
+    a("--senior", action="append", help="model to evaluate: hub id, local folder, or a training run's --out folder "
+      "or its `latest` file (its newest checkpoint); repeat the flag for several (--demo: the demo model and the "
+      "senior its training wrote)")
     a("--junior", default="Qwen/Qwen3-4B-Instruct-2507", help="the frozen junior (same vocabulary as every senior)")
     a("--data", nargs="+", help="problem sets (the macro averages over them): a file (.jsonl, .json, .parquet with "
                                 "pyarrow, hf://datasets/OWNER/NAME/FILE), or NAME=FILE,FILE,...: files pooled as NAME")
@@ -87,6 +96,7 @@ def get_args(argv=None):
         p.set_defaults(**DEMO)
     args = p.parse_args(argv)
     args.senior = args.senior or (demo_seniors() if args.demo else None)  # not a default: append would add to it
+    args.senior = [newest_checkpoint(m) for m in args.senior or []]
     if not args.senior or not args.data:
         p.error("--senior and --data are required (or --demo)")
     for flag in ("n", "max_new_tokens", "max_turns", "max_gap", "batch", "tf_batch"):
@@ -107,8 +117,10 @@ def get_args(argv=None):
         if name and names.count(name) > 1:
             p.error(f"--data {entry}: the set name {name} is given twice")
         for f in files:
-            if not f.startswith("hf://") and not Path(f).is_file():
-                p.error(f"--data {entry}: no such file" + (f" {f}" if name is not None else ""))
+            try:
+                check_data_path(f)  # a folder, a format not read, a missing file
+            except UserError as e:
+                p.error(str(e) + (f" (in --data {entry})" if name is not None else ""))
     for m in args.senior + [args.junior]:
         if looks_local(m) and not Path(m).expanduser().is_dir():
             p.error(f"{m}: no such model folder")
@@ -353,7 +365,8 @@ def table(report):
     kr = min(4, st["n"])
     cols = [("solo@1", lambda m: pct(m["solo pass@1"])), (f"solo@{kr}", lambda m: pct(m[f"solo pass@{kr}"])),
             (f"step@{kr}", lambda m: pct(m[f"step pass@{kr}"])),
-            ("step/solo", lambda m: num(m[f"step/solo pass@{kr}"] and 100 * m[f"step/solo pass@{kr}"], ".1f") + "%"),
+            (f"step/solo@{kr}", lambda m: "-" if m[f"step/solo pass@{kr}"] is None else  # solo 0: no ratio
+             f"{100 * m[f'step/solo pass@{kr}']:.1f}%"),
             (f"word@{kr}", lambda m: pct(m[f"word pass@{kr}"])),
             ("legib", lambda m: num(m["legibility"])), ("drift", lambda m: num(m["drift"])),
             ("self-CE", lambda m: num(m["self_ce"])), ("left out", lambda m: str(m["left out"])),
@@ -433,8 +446,7 @@ def main(args):
     toks = {}  # each senior's own tokenizer builds its prompts; ids pass unchanged, so the vocabularies must agree
     for path in args.senior:
         toks[path] = load_tokenizer(path)
-        if toks[path].get_vocab() != jtok.get_vocab():
-            raise UserError(f"{path}: its tokenizer's vocabulary differs from the junior's ({args.junior})")
+        same_vocabulary(toks[path], path, args.junior, jtok)
     word_start, step_end = word_start_mask(jtok), step_end_mask(jtok)
     junior = load_model(args.junior, dev, torch.float32, trainable=False)
     report = dict(settings=dict(vars(args), context=CONTEXT, legibility_max=LEGIBILITY_MAX, n_boot=N_BOOT,

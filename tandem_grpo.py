@@ -27,7 +27,7 @@ What it simplifies, and why:
 All numbers follow the paper and the authors' code (verl's GRPO); README.md lists them with the measured figures.
 """
 import argparse, itertools, json, math, os, random, re, shlex, shutil, sys, time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from fractions import Fraction
 from pathlib import Path
 
@@ -92,7 +92,7 @@ def get_args(argv=None):
     a("--show-every", type=int, default=20, help="print one co-written rollout on the first step and every N (0: no)")
     a("--seed", type=int, default=0, help="seeds data order and sampling")
     a("--out", default="runs/trl", help="output folder: metrics.jsonl and checkpoints")
-    a("--data", default=None, help="problems: .jsonl/.json file, or hf://datasets/OWNER/NAME/FILE")
+    a("--data", default=None, help="problems: a .jsonl, .json or .parquet file, or hf://datasets/OWNER/NAME/FILE")
     a("--resume", action="store_true", help="continue from the latest checkpoint in --out (or start if none)")
     a("--demo", action="store_true", help="run the bundled CPU demo (tiny model, toy arithmetic)")
     a("--memory-report", action="store_true", help="print the GPU memory budget for this setting and exit")
@@ -507,19 +507,21 @@ def rollout_metrics(rollouts, group_size):
 def log_line(m, steps):
     """One nanoGPT-style line of the step's metrics."""
     val = f" | val {m['val_solo']:.3f}" if "val_solo" in m else ""
-    skipped = f" | skipped {m['skipped']}" if m["skipped"] else ""
+    rare = "".join(f" | {k} {m[k]:.3g}" for k in ("truncated", "skipped") if m[k])  # shown when not 0
     return (f"step {m['step']}/{steps} | reward {m['reward']:.3f} | zero-var {m['zero_var_groups']:.2f} | "
             f"senior {m['senior_share']:.2f} | switches {m['switches']:.1f} | clip {m['clip_frac']:.3f} | "
-            f"gnorm {m['grad_norm']:.3f}{val}{skipped} | {m['step_s']:.1f} s")
+            f"gnorm {m['grad_norm']:.3f}{val}{rare} | {m['step_s']:.1f} s")
 
 def show_rollout(tok, problem, r, color):
     """One co-written response with the junior's spans marked: cyan on a terminal, [[double brackets]] otherwise."""
-    parts = []
+    parts, junior_text = [], ""
     for by_senior, run in itertools.groupby(zip(r["response"], r["senior"]), key=lambda x: x[1]):
         text = tok.decode([t for t, _ in run], skip_special_tokens=True)
-        parts.append(text if by_senior else f"\033[36m{text}\033[0m" if color else f"[[{text}]]")
+        junior_text += "" if by_senior else text
+        parts.append(text if by_senior or not text else f"\033[36m{text}\033[0m" if color else f"[[{text}]]")
+    note = f"; the junior wrote the {'cyan' if color else '[[bracketed]]'} text" if junior_text else ""
     return (f"--- problem: {problem['problem']}\n{''.join(parts)}\n--- reward {r['reward']:.0f} (gold "
-            f"{problem['answer']}); the junior wrote the {'cyan' if color else '[[bracketed]]'} text")
+            f"{problem['answer']}){note}")
 
 # ------------------------------------------------------------------------------------------------------------------
 # Training loop
@@ -561,18 +563,16 @@ def main(args):
     start_ranks(args)  # under torchrun: one process a GPU (appendix)
     if not args.data:
         raise UserError("--data is required (or --demo)")
-    out = Path(args.out)
-    used = (out / "metrics.jsonl").exists() or (out / "latest").exists()
-    if used and not args.resume:
-        raise UserError(f"--out {out} holds a run already: add --resume to continue it, or choose a new --out")
+    out = check_out(args)  # writable; used only with --resume, and the run's settings (args.json; appendix)
     problems = load_problems(args.data)  # every row checked before a model loads
-    held = heldout_rows(problems, args.val_size, out)  # the authors' draw, before the length filter (appendix)
     dev = torch.device(args.device)
     if dev.type == "cuda":  # cuDNN's attention spends ~0.3 ms of CPU a call: decode 65 vs 69-88 ms/step (bench.py)
         torch.backends.cuda.enable_cudnn_sdp(False)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tok = load_tokenizer(args.model)
+    same_vocabulary(tok, args.model, args.junior)  # token ids pass unchanged between the two models (appendix)
+    held = heldout_rows(problems, args.val_size, out)  # the authors' draw, before the length filter (appendix)
     n_long = len(problems)
     problems = [p for p in problems if len(prompt_ids(tok, p["problem"])) <= args.max_prompt_tokens]
     if len(problems) < n_long:
@@ -594,8 +594,8 @@ def main(args):
     if args.demo:  # measured on the base model, before any checkpoint is loaded
         test = load_problems(DEMO_DIR / "test.jsonl")
         before = split_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
-    out.mkdir(parents=True, exist_ok=True)
     start = load_checkpoint(out, senior, opt)  # weights, AdamW and RNG states of `latest`, if any (appendix)
+    start_run(out, args)  # the folder, and args.json: the settings a --resume must keep (appendix)
     if args.resume and rank() == 0:  # forget what was logged after the checkpoint: those steps are redone
         if not start:
             print(f"--resume: no checkpoint in {out} yet, starting from step 0")
@@ -640,6 +640,7 @@ def main(args):
         print(f"demo: solo accuracy before {100 * before:.1f}% after {100 * after:.1f}% "
               f"(n={len(test)} held-out problems, {time.time() - t0:.0f} s); wrote {out}/ (metrics.jsonl, "
               f"{(out / 'latest').read_text().strip()}/)")
+    summary(out, args, problems, val, n_long)  # where the senior is, what it trained on (the demo prints its own)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: GPU memory (what one GPU holds in each phase; not part of the method)
@@ -1028,15 +1029,29 @@ def load_checkpoint_ranks(folder, senior, opt):
 # Field names, first match wins. verl rows (the authors' parquet files) are read separately: see problem_and_gold.
 PROBLEM_KEYS, ANSWER_KEYS = ("problem", "question"), ("answer", "final_answer", "solution")
 
+DATA_FORMATS = (".jsonl", ".json", ".parquet")
+
+def check_data_path(path):
+    """A --data path that cannot be read -> UserError: not hf://datasets/OWNER/NAME/FILE, a folder, a missing file, a
+    format not read. Nothing is fetched."""
+    if path.startswith("hf://"):
+        parts = path[len("hf://"):].split("/")
+        if len(parts) < 4 or parts[0] != "datasets":
+            raise UserError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
+    elif Path(path).is_dir():
+        raise UserError(f"--data {path}: is a folder; expected one file: .jsonl, .json or .parquet")
+    elif not Path(path).is_file():
+        raise UserError(f"--data {path}: no such file")
+    if not path.endswith(DATA_FORMATS):
+        raise UserError(f"--data {path}: not a format read here; expected .jsonl, .json or .parquet (a local file or "
+                        f"hf://datasets/OWNER/NAME/FILE)")
+
 def fetch(path):
     """A local path, or hf://datasets/OWNER/NAME/FILE fetched once with huggingface_hub (into its cache)."""
+    check_data_path(path)
     if not path.startswith("hf://"):
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such file")
         return Path(path)
     parts = path[len("hf://"):].split("/")
-    if len(parts) < 4 or parts[0] != "datasets":
-        raise UserError(f"--data {path}: expected hf://datasets/OWNER/NAME/FILE")
     from huggingface_hub import hf_hub_download
     try:
         return Path(hf_hub_download("/".join(parts[1:3]), "/".join(parts[3:]), repo_type="dataset"))
@@ -1165,7 +1180,10 @@ def load_checkpoint(out, senior, opt):
     if world() > 1 or (folder / "optim").exists():  # read by, or written by, N ranks (appendix)
         return load_checkpoint_ranks(folder, senior, opt)
     state = torch.load(folder / "trainer.pt", weights_only=False)
-    senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
+    try:
+        senior.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
+    except RuntimeError:  # missing or unexpected keys, other shapes: another --model
+        raise UserError(f"{folder}: its weights do not fit --model (was the run started from another model?)") from None
     opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
@@ -1173,6 +1191,74 @@ def load_checkpoint(out, senior, opt):
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     print(f"resumed from {folder} (step {state['step']})")
     return state["step"]
+
+# What --resume may change: how the run is carried out (its length, logs, checkpoints, hardware, memory knobs), not the
+# method or the data. Every other flag must equal the value the run started with, stored in OUT/args.json.
+RESUME_MAY_CHANGE = ("steps", "save_every", "val_every", "log_every", "show_every", "threads", "device", "compile",
+                     "gen_batch", "micro_batch", "fsdp", "shard_junior", "timeout", "nproc", "out", "resume", "demo",
+                     "memory_report")
+
+def settings(args):
+    """The run's flags as stored in OUT/args.json: local paths (model, junior, data) made absolute."""
+    local = lambda v: str(Path(v).resolve()) if isinstance(v, str) and Path(v).exists() else v
+    return {k: local(v) if k in ("model", "junior", "data") else v for k, v in vars(args).items()}
+
+def check_out(args):
+    """--out, checked before anything loads (nothing is written) -> its Path. It must be writable; a used one (a log
+    or a checkpoint) needs --resume; a checkpoint continues only with the settings it started with (OUT/args.json:
+    all but RESUME_MAY_CHANGE equal)."""
+    out = Path(args.out)
+    made = [d for d in (out, *out.parents) if not d.exists()] if world() == 1 else []  # N ranks: all try, none removes
+    try:  # create it and a file in it, then remove what this made
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f".probe.{os.getpid()}").touch()
+        (out / f".probe.{os.getpid()}").unlink()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create or write it ({e.strerror})") from None
+    finally:
+        for d in made:  # innermost first
+            with suppress(OSError):
+                d.rmdir()
+    if ((out / "metrics.jsonl").exists() or (out / "latest").exists()) and not args.resume:
+        raise UserError(f"--out {out} holds a run already: add --resume to continue it, or choose a new --out")
+    if not (out / "latest").exists():
+        return out
+    if not (out / "args.json").exists():
+        print(f"--resume: {out} has no args.json (from an older version): its settings cannot be checked")
+        return out
+    try:
+        then = json.loads((out / "args.json").read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{out / 'args.json'}: not valid JSON") from None
+    changed = [f"--{k.replace('_', '-')} {then[k]} -> {v}" for k, v in settings(args).items()
+               if k in then and k not in RESUME_MAY_CHANGE and then[k] != v]
+    if changed:
+        raise UserError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); resume with its "
+                        f"values, or start a new --out")
+    return out
+
+def start_run(out, args):
+    """Create --out; a run that starts (no checkpoint to continue, or one from an older version without args.json)
+    stores its settings in OUT/args.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    if rank() == 0 and not ((out / "latest").exists() and (out / "args.json").exists()):
+        write_atomic(out / "args.json", json.dumps(settings(args), indent=1) + "\n")
+
+def same_vocabulary(tok, senior, junior, junior_tok=None):
+    """Token ids pass unchanged between the senior and the junior (a path; None: a copy of the senior): one
+    vocabulary, or a one-line error naming both."""
+    if junior is not None and tok.get_vocab() != (junior_tok or load_tokenizer(junior)).get_vocab():
+        raise UserError(f"{senior}: its tokenizer's vocabulary differs from the junior's ({junior}); the junior must "
+                        f"share the senior's tokenizer")
+
+def summary(out, args, train, val, n_kept):
+    """A finished run's last line (rank 0; the demo prints its own): where the senior is, what it trained on."""
+    if args.demo or rank() > 0:
+        return
+    ckpt = out / (out / "latest").read_text().strip()
+    print(f"done: the senior is in {ckpt} (eval.py --senior {out}); {len(train)} problems trained on, {len(val)} held "
+          f"out, {n_kept - len(train) - len(val)} dropped (prompts over {args.max_prompt_tokens} tokens); metrics in "
+          f"{out / 'metrics.jsonl'}")
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """--help keeps the docstring's layout and shows every default."""

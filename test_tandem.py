@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 from torch.multiprocessing.spawn import ProcessException
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 import eval as ev
 import tandem_grpo as tg
@@ -728,12 +728,14 @@ def write_run_files(tmp_path, tok):
     rows = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(3) for b in range(3)]
     (tmp_path / "d.jsonl").write_text("\n".join(map(json.dumps, rows)))
 
+def main_argv(tmp_path, out, *extra):
+    return ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "d.jsonl"), "--out", str(out),
+            "--prompts-per-step", "2", "--mini-batch-prompts", "1", "--group-size", "4", "--micro-batch", "3",
+            "--gen-batch", "8", "--max-new-tokens", "12", "--lr", "1e-3", "--temperature", "1.0", "--device", "cpu",
+            "--val-size", "0", *extra]
+
 def run_main(tmp_path, out, *extra):
-    args = tg.get_args(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "d.jsonl"), "--out", str(out),
-                        "--prompts-per-step", "2", "--mini-batch-prompts", "1", "--group-size", "4",
-                        "--micro-batch", "3", "--gen-batch", "8", "--max-new-tokens", "12", "--lr", "1e-3",
-                        "--temperature", "1.0", "--device", "cpu", "--val-size", "0", *extra])
-    tg.main(args)
+    tg.main(tg.get_args(main_argv(tmp_path, out, *extra)))
     return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
 
 def test_save_resume_gives_the_same_next_step(tmp_path, tok):
@@ -835,6 +837,15 @@ def test_log_and_show_lines(tmp_path, tok, capsys):
     shown = tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=False)
     assert "The[[ answer]] is" in shown and "reward 1 (gold 4)" in shown
     assert "\033[36m answer\033[0m" in tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, r, color=True)
+    for by_senior, junior_wrote in (([True] * 3, False), ([True] * 3 + [False], False), ([False] * 4, True)):
+        q = dict(r, response=r["response"] + [tok.eos_token_id], senior=by_senior + [True] * (4 - len(by_senior)))
+        shown = tg.show_rollout(tok, {"problem": "Q?", "answer": "4"}, q, color=False)  # EOS decodes to nothing
+        assert ("[[" in shown) == ("the junior wrote the [[bracketed]] text" in shown) == junior_wrote
+    m = dict(step=3, reward=0.5, zero_var_groups=0.25, senior_share=0.5, switches=2.0, clip_frac=0.0, grad_norm=1.0,
+             step_s=2.0, truncated=0.0, skipped=0)
+    assert tg.log_line(m, 9) == ("step 3/9 | reward 0.500 | zero-var 0.25 | senior 0.50 | switches 2.0 | clip 0.000 | "
+                                 "gnorm 1.000 | 2.0 s")                # truncated and skipped only when not 0
+    assert tg.log_line(dict(m, truncated=0.125, skipped=1), 9).endswith("| truncated 0.125 | skipped 1 | 2.0 s")
     write_run_files(tmp_path, tok)
     capsys.readouterr()
     run_main(tmp_path, tmp_path / "o", "--steps", "4", "--log-every", "2", "--show-every", "3")
@@ -853,6 +864,77 @@ def test_used_out_needs_resume_and_resume_on_an_empty_folder_starts(tmp_path, to
     capsys.readouterr()
     assert [m["step"] for m in run_main(tmp_path, tmp_path / "new", "--steps", "1", "--resume")] == [1]
     assert "no checkpoint in" in capsys.readouterr().out
+
+def test_summary_line_says_where_the_senior_is_and_what_it_trained_on(tmp_path, tok, capsys):
+    write_run_files(tmp_path, tok)                                    # 9 problems, and one too long:
+    long = "What is 1 + 1? " * 10
+    with open(tmp_path / "d.jsonl", "a") as f:
+        f.write("\n" + json.dumps({"problem": long, "answer": "2"}))
+    limit = len(tg.prompt_ids(tok, "What is 1 + 2?")) + 5
+    assert len(tg.prompt_ids(tok, long)) > limit
+    capsys.readouterr()
+    run_main(tmp_path, tmp_path / "o", "--steps", "2", "--val-size", "3", "--max-prompt-tokens", str(limit))
+    out = tmp_path / "o"
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"done: the senior is in {out / 'step_000002'} (eval.py --senior {out}); 6 problems trained on, 3 held out, "
+        f"1 dropped (prompts over {limit} tokens); metrics in {out / 'metrics.jsonl'}")
+
+def test_resume_refuses_changed_settings_in_one_line(tmp_path, tok):
+    write_run_files(tmp_path, tok)
+    out = tmp_path / "o"
+    run_main(tmp_path, out, "--steps", "1")
+    stored = json.loads((out / "args.json").read_text())
+    assert stored["model"] == str((tmp_path / "model").resolve()) and stored["lr"] == 1e-3 and stored["steps"] == 1
+    assert set(tg.RESUME_MAY_CHANGE) < set(stored)                    # names real flags only
+    tiny_model(tok, seed=1).save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    for changed, diff in ((["--model", str(tmp_path / "other")], f"--model {(tmp_path / 'model').resolve()} -> "
+                                                                  f"{(tmp_path / 'other').resolve()}"),
+                          (["--schedule", "solo", "--lr", "2e-3"], "--schedule word -> solo, --lr 0.001 -> 0.002")):
+        r = cli(*main_argv(tmp_path, out, "--steps", "2", "--resume"), *changed)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr == (
+            f"error: --resume: {out} was trained with other settings ({diff}); resume with its values, or start a new "
+            f"--out\n")
+    # what does not change the method or the data may change
+    m = run_main(tmp_path, out, "--steps", "2", "--resume", "--log-every", "2", "--show-every", "0", "--threads", "1",
+                 "--gen-batch", "4", "--micro-batch", "2", "--save-every", "5", "--val-every", "3")
+    assert [x["step"] for x in m] == [1, 2] and json.loads((out / "args.json").read_text()) == stored
+
+def test_resume_without_args_json_notes_it_and_another_model_is_one_line(tmp_path, tok, capsys):
+    write_run_files(tmp_path, tok)
+    out = tmp_path / "o"
+    run_main(tmp_path, out, "--steps", "1")
+    (out / "args.json").unlink()                                      # a run folder from an older version
+    torch.manual_seed(0)
+    cfg = tiny_model(tok).config
+    cfg.hidden_size, cfg.num_attention_heads = 64, 8                   # another shape
+    Qwen3ForCausalLM(cfg).save_pretrained(tmp_path / "wide")
+    tok.save_pretrained(tmp_path / "wide")
+    capsys.readouterr()
+    with pytest.raises(tg.UserError, match=f"^{out / 'step_000001'}: its weights do not fit --model \\(was the run "
+                                           f"started from another model\\?\\)$"):
+        tg.main(tg.get_args([*main_argv(tmp_path, out, "--steps", "2", "--resume")[2:], "--model",
+                             str(tmp_path / "wide")]))
+    assert f"--resume: {out} has no args.json (from an older version): its settings cannot be checked" in \
+        capsys.readouterr().out
+    assert [x["step"] for x in run_main(tmp_path, out, "--steps", "2", "--resume")] == [1, 2]
+    assert json.loads((out / "args.json").read_text())["steps"] == 2   # stored from now on
+
+def test_a_llama_senior_trains(tmp_path, tok):
+    """Any causal LM of transformers with a chat template works, not only Qwen3 (SmolLM2 is a Llama)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    write_run_files(tmp_path / "q", tok)
+    (tmp_path / "d.jsonl").write_text((tmp_path / "q" / "d.jsonl").read_text())
+    m = run_main(tmp_path, tmp_path / "o", "--steps", "2", "--save-every", "1")
+    assert [x["step"] for x in m] == [1, 2] and all(math.isfinite(x["loss"]) and x["resp_len"] > 0 for x in m)
+    before = LlamaForCausalLM.from_pretrained(tmp_path / "model").state_dict()
+    after = LlamaForCausalLM.from_pretrained(tmp_path / "o" / "step_000002").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # lr 1e-3: the senior moved
 
 def test_resume_drops_a_torn_last_metrics_line(tmp_path, tok, capsys):
     write_run_files(tmp_path, tok)
@@ -893,6 +975,25 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
             "--out", str(tmp_path / "o2"))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"error: {tmp_path / 'no_model'}: neither a local model folder nor a reachable hub id" in r.stderr
+
+@pytest.mark.parametrize("case", ["junior", "out", "folder", "csv"])
+def test_first_hour_mistakes_are_one_line_before_anything_is_written(tmp_path, case):
+    """The bundled demo model as the senior; nothing is written, and no model loads (transformers reports loading
+    weights on stderr: stderr is the one line)."""
+    demo, lab, out = tg.DEMO_DIR / "model", tg.DEMO_DIR.parent / "lab" / "model", tmp_path / "o"
+    (tmp_path / "d.csv").write_text("problem,answer\n1 + 1,2\n")
+    argv = dict(junior=["--model", str(demo), "--junior", str(lab), "--data", str(tg.DEMO_DIR / "train.jsonl")],
+                out=["--demo", "--out", "/proc/x/run"], folder=["--demo", "--data", str(tg.DEMO_DIR)],
+                csv=["--demo", "--data", str(tmp_path / "d.csv")])[case]
+    line = dict(junior=f"{demo}: its tokenizer's vocabulary differs from the junior's ({lab}); the junior must "
+                       f"share the senior's tokenizer",
+                out="--out /proc/x/run: cannot create or write it (No such file or directory)",
+                folder=f"--data {tg.DEMO_DIR}: is a folder; expected one file: .jsonl, .json or .parquet",
+                csv=f"--data {tmp_path / 'd.csv'}: not a format read here; expected .jsonl, .json or .parquet (a local "
+                    f"file or hf://datasets/OWNER/NAME/FILE)")[case]
+    r = cli("--out", str(out), "--steps", "1", "--threads", "1", "--device", "cpu", *argv)
+    assert r.returncode == 1 and r.stderr == f"error: {line}\n" and r.stdout == ""
+    assert not out.exists()
 
 def test_ctrl_c_stops_with_a_resume_hint(tmp_path, tok):
     write_run_files(tmp_path, tok)
@@ -2262,9 +2363,11 @@ def test_pooled_sets_macro_by_hand(tmp_path, tok, monkeypatch):
     (["--junior", "runs/nope/step_000020"], "runs/nope/step_000020: no such model folder"),
     (["--data", "aime="], "--data aime=: write NAME=FILE,FILE,..."),
     (["--data", "=x.jsonl"], "--data =x.jsonl: write NAME=FILE,FILE,..."),
-    (["--data", f"aime={tg.DEMO_DIR / 'test.jsonl'},nope.jsonl"], "no such file nope.jsonl"),
+    (["--data", f"aime={tg.DEMO_DIR / 'test.jsonl'},nope.jsonl"], "--data nope.jsonl: no such file (in --data aime="),
     (["--data", f"a={tg.DEMO_DIR / 'test.jsonl'}", f"a={tg.DEMO_DIR / 'train.jsonl'}"],
      "the set name a is given twice"),
+    (["--data", str(tg.DEMO_DIR)], f"--data {tg.DEMO_DIR}: is a folder; expected one file: .jsonl, .json or .parquet"),
+    (["--data", str(tg.DEMO_DIR / "README.md")], "README.md: not a format read here; expected .jsonl, .json or"),
 ])
 def test_bad_flags_fail_before_loading(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -2306,6 +2409,33 @@ def test_demo_arguments(tmp_path, monkeypatch):
     (repo / "runs" / "demo" / "step_000040").mkdir(parents=True)
     (repo / "runs" / "demo" / "latest").write_text("step_000040")
     assert ev.get_args(["--demo"]).senior == [a.junior, str(repo / "runs" / "demo" / "step_000040")]
+
+def test_senior_may_be_a_run_folder_or_its_latest_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "a" / "step_000020").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "latest").write_text("step_000020\n")  # written by tandem_grpo.py
+    (tmp_path / "plain").mkdir()
+    data = ["--data", str(tg.DEMO_DIR / "test.jsonl")]
+    seniors = ev.get_args(["--senior", "runs/a", "--senior", "runs/a/latest", "--senior", "plain", *data]).senior
+    assert seniors == ["runs/a/step_000020", "runs/a/step_000020", "plain"]
+    with pytest.raises(SystemExit):
+        ev.get_args(["--help"])
+    assert "--out folder or its `latest` file (its newest checkpoint)" in " ".join(capsys.readouterr().out.split())
+
+def test_step_solo_ratio_names_its_k_and_is_a_dash_without_solo_successes():
+    a = eval_args(n=2)
+    m = ev.metrics([fake_file([[0, 0], [0, 0]])], a)
+    assert m["step/solo pass@2"] is None and "step/solo pass@4" not in m
+    report = dict(settings=vars(a), files=["t.jsonl"], paired={}, seniors={"s": dict(macro=m, files={"t.jsonl": dict(
+        metrics=m)})})
+    header, row = ev.table(report).splitlines()[:2]
+    assert "step/solo@2" in header and "step/solo " not in header
+    col = header.index("step/solo@2")
+    assert row[col:col + len("step/solo@2")].strip() == "-"           # not "-%"
+    m2 = ev.metrics([fake_file([[1, 0], [0, 0]])], a)                 # solo pass@2 0.5, step the same: 100%
+    report["seniors"]["s"]["files"]["t.jsonl"]["metrics"] = m2
+    header, row = ev.table(report).splitlines()[:2]
+    assert row[header.index("step/solo@2"):header.index("step/solo@2") + len("step/solo@2")].strip() == "100.0%"
 
 def test_each_senior_prompts_with_its_own_tokenizer(tmp_path, tok, monkeypatch):
     for name, template in (("j", CHATML), ("s", "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML)):
