@@ -224,19 +224,19 @@ def check_tandem_generate(m):
         wrote = tok % 2 == 0
         for t in range(T):
             if bool(rec[t]) != bool(wrote[t]):
-                what = ", a word start" if ws[tok[t]] else ""
-                raise Failed(f"tandem_generate (senior: even ids, junior: odd ids, K {K}), row {r}: token {t} (id "
-                             f"{int(tok[t])}{what}) was written by the {'senior' if wrote[t] else 'junior'}, recorded "
-                             f"as the {'senior' if rec[t] else 'junior'}'s (the author is redrawn after the token)")
+                what, who = ", a word start" if ws[tok[t]] else "", lambda x: "senior" if x else "junior"
+                raise Failed(f"tandem_generate (the senior writes even ids, the junior odd ones; K {K}), row {r}, "
+                             f"token {t} (id {int(tok[t])}{what}): expected it recorded as the {who(wrote[t])}'s, got "
+                             f"the {who(rec[t])}'s (the author is redrawn after a word-start token, not before it)")
         gap = 0
         for t in range(1, T):
             gap += 1
             if ws[tok[t - 1]] or gap >= K:
                 gap, changes = 0, changes + bool(wrote[t] != wrote[t - 1])
             elif wrote[t] != wrote[t - 1]:
-                raise Failed(f"tandem_generate (K {K}), row {r}: the author changed at token {t}, after id "
-                             f"{int(tok[t - 1])} (not a word start) and {gap} token(s) since the last redraw: expected "
-                             "no change there")
+                raise Failed(f"tandem_generate (K {K}), row {r}, token {t}, after id {int(tok[t - 1])} (not a word "
+                             f"start, {gap} token(s) since the last redraw): expected the author of token {t - 1}, "
+                             "got the other one")
     if not changes:
         raise Failed(f"tandem_generate, 8 rows of {T} tokens: expected the author to change after some word starts, "
                      "got no change at all")
