@@ -116,7 +116,8 @@ class FakeTokenizer:
     def get_vocab(self):
         return dict(self.vocab)
     def convert_ids_to_tokens(self, ids):
-        return self.piece[int(ids)] if isinstance(ids, int) or torch.is_tensor(ids) else [self.piece[i] for i in ids]
+        ids = ids.tolist() if torch.is_tensor(ids) else ids
+        return self.piece[ids] if isinstance(ids, int) else [self.piece[i] for i in ids]
     def decode(self, ids, skip_special_tokens=False, **kw):
         ids = [ids] if isinstance(ids, int) else list(ids)
         return "".join("" if skip_special_tokens and i in self.all_special_ids else
@@ -129,7 +130,11 @@ def check_word_start_mask(m):
     tok = FakeTokenizer(pieces, ["<|endoftext|>", "<|im_end|>", "▁<pad>"])
     want = torch.zeros(16, dtype=torch.bool)
     want[[1, 3, 8, 9, 10, 15]] = True  # Ġthe Ġ46 Ġ ĠĠ ▁answer Ġ\ ; not: ĊĊ Ċ . answer▁ and the special ▁<pad>
-    got = m.word_start_mask(tok)
+    try:
+        got = m.word_start_mask(tok)
+    except AttributeError as e:
+        raise Failed("the checker's tokenizer offers len(), get_vocab(), all_special_ids, all_special_tokens, "
+                     f"convert_ids_to_tokens() and decode(): expected one of those, got AttributeError: {e}")
     if not (torch.is_tensor(got) and got.dtype == torch.bool and got.shape == (16,)):
         raise Failed(f"a vocabulary of 16 ids: expected a BoolTensor of shape [16], got "
                      f"{type(got).__name__} {getattr(got, 'dtype', '')} {tuple(getattr(got, 'shape', ()))}")
@@ -140,6 +145,7 @@ def check_word_start_mask(m):
             f"got {bool(got[i])}" for i in wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else ""))
 
 def authors(x):
+    """Who wrote each token, as a string: S the senior, J the junior."""
     return "".join("S" if v else "J" for v in x)
 
 def check_word_rule(m):
@@ -148,12 +154,12 @@ def check_word_rule(m):
     # one step, six rows (K = 4; ids 1 and 4 start a word): the state after each row wrote `tok`
     ws = B(False, True, False, False, True, False)
     tok, senior, gap = L(1, 2, 2, 3, 4, 0), B(True, True, False, False, True, False), L(0, 1, 2, 3, 3, 0)
-    turns, after_nl, coin = L(1, 2, 3, 4, 5, 6), B(False, True, False, True, False, True), B(False, False, True, True,
-                                                                                                True, True)
+    turns, after_nl = L(1, 2, 3, 4, 5, 6), B(False, True, False, True, False, True)
+    coin = B(False, False, True, True, True, True)
     want_s, want_g = B(False, True, False, True, True, False), L(0, 2, 3, 0, 0, 1)
-    why = ["a word start: redraw", "not a word start, gap 1: keep", "gap 2 < K - 1: keep",
-           "not a word start but the K-th token since the redraw: redraw", "a word start, coin = same author: redraw",
-           "not a word start: keep"]
+    why = ["a word start: redraw", "not a word start, the 2nd token since the redraw: keep",
+           "the 3rd token since the redraw: keep", "the 4th token since the redraw, K 4: redraw",
+           "a word start, the coin draws the same author: redraw", "not a word start: keep"]
     out = m.next_author("word", tok, senior.clone(), gap.clone(), turns.clone(), after_nl.clone(), lambda: coin.clone(),
                         ws, None, 4)
     if not (isinstance(out, tuple) and len(out) == 4):
@@ -371,7 +377,7 @@ def grade_file(path, tracebacks=False):
                 out.append((n, what, False, str(e)))
             except NotImplementedError as e:
                 out.append((n, what, False, "not written yet (it raises NotImplementedError)"))
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 if tracebacks:
                     traceback.print_exc()
                 first = str(e).splitlines()[0] if str(e) else ""
