@@ -432,7 +432,7 @@ def grade(folder, timeout=600):
     w = max(len("student"), *(len(r[0]) for r in rows))
     print(f"{'student':<{w}}  {'exercise':<22}  passed  why")
     for student, ex, ok, why in rows:
-        print(f"{student:<{w}}  {ex:<22}  {ok:<6}  {why}")
+        print(f"{student:<{w}}  {ex:<22}  {ok:<6}  {why}".rstrip())
     for s in students:
         k = sum(r[2] == "yes" for r in rows if r[0] == s.name)
         print(f"{s.name}: {k} of {len(EXERCISES)} passed")
