@@ -390,6 +390,10 @@ def clip_active(logp, old_logp, adv, clip_low=0.2, clip_high=0.2):
     ratio = torch.exp((logp - old_logp).clamp(-20, 20))
     return -adv * ratio.clamp(1 - clip_low, 1 + clip_high) > -adv * ratio
 
+def loss_weights(by_senior, attn, w_junior):
+    """by_senior, attn [B, T] -> each response token's weight in the loss [B, T]: 1 senior, w_junior junior, 0 pad."""
+    return torch.where(by_senior, 1.0, w_junior) * attn
+
 # ------------------------------------------------------------------------------------------------------------------
 # One training step: rollouts -> rewards -> advantages -> two clipped-loss updates
 
@@ -438,7 +442,7 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
     dev, n_vocab, w_junior = next(senior.parameters()).device, len(tok), args.junior_token_weight
     def batch(rows):  # -> ids, attn [b, P+T], P, weight [b, T]: 1 senior-written, w_junior junior-written, 0 pad
         ids, attn, P, by_senior = pack([rollouts[i] for i in rows], tok.pad_token_id, dev)
-        return ids, attn, P, torch.where(by_senior, 1.0, w_junior) * attn[:, P:]
+        return ids, attn, P, loss_weights(by_senior, attn[:, P:], w_junior)
     adv = group_advantages(torch.tensor([r["reward"] for r in rollouts]), args.group_size)   # [rollouts]
     micro = lambda rows: [rows[i:i + args.micro_batch] for i in range(0, len(rows), args.micro_batch)]
     idx = list(range(len(rollouts)))
@@ -587,8 +591,7 @@ def main(args):
                         trainable=False) if need_junior else None
     senior.activation_checkpointing_enable({"use_reentrant": False})     # active in train mode only
     distribute(senior, junior, args)  # several ranks: FSDP2 shards the senior (appendix)
-    opt = torch.optim.AdamW(senior.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                            fused=dev.type == "cuda")
+    opt = torch.optim.AdamW(senior.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=dev.type == "cuda")
     word_start = word_start_mask(tok)
     step_end = step_end_mask(tok) if args.schedule == "step" else None
     if args.demo:  # measured on the base model, before any checkpoint is loaded

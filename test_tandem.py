@@ -2532,3 +2532,99 @@ def test_lab_runs_end_to_end(tmp_path, tok):
     assert lab.seed_bootstrap([torch.full((5,), 0.5, dtype=torch.float64)] * 2) == [0.5, 0.5, 0.5]
     with pytest.raises(SystemExit):                                   # a used --out is refused
         lab.get_args(argv)
+
+# lab Part 0 (lab/exercises.py): the student copy, the checker, the usual mistakes it must catch
+
+@pytest.fixture(scope="module")
+def exercises():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lab_exercises", Path(__file__).parent / "lab" / "exercises.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+REFERENCE = Path(__file__).parent / "tandem_grpo.py"
+
+def test_student_copy_fails_all_six_and_the_reference_passes(tmp_path, exercises, capsys):
+    import ast, difflib
+    exercises.make(tmp_path / "s")
+    copy, ref = (tmp_path / "s" / "tandem_grpo.py").read_text(), REFERENCE.read_text()
+    assert all((tmp_path / "s" / "demo" / f).exists() for f in ("model/config.json", "train.jsonl", "test.jsonl"))
+    # only six bodies differ: each becomes one raise naming its exercise; signatures and docstrings are kept
+    added = [l[1:].strip() for l in difflib.unified_diff(ref.splitlines(), copy.splitlines(), n=0, lineterm="")
+             if l.startswith("+") and not l.startswith("+++")]
+    assert [a[:len('raise NotImplementedError("exercise N')] for a in added] == \
+        [f'raise NotImplementedError("exercise {n}' for n in (1, 2, 3, 5, 4, 6)]        # in file order
+    docs = lambda src: {f.name: (ast.get_docstring(f), ast.unparse(f.args)) for f in ast.parse(src).body
+                        if isinstance(f, ast.FunctionDef)}
+    assert docs(copy) == docs(ref)
+    assert 'if schedule == "word":  # redraw *after* a word-start token' in copy       # the branch's line stays
+    student = exercises.grade_file(tmp_path / "s" / "tandem_grpo.py")
+    assert [(n, ok, line) for n, _, ok, line in student] == \
+        [(n, False, "not written yet (it raises NotImplementedError)") for n in range(1, 7)]
+    assert [ok for _, _, ok, _ in exercises.grade_file(REFERENCE)] == [True] * 6
+    with pytest.raises(SystemExit, match="exists already"):                          # a student's work is never overwritten
+        exercises.make(tmp_path / "s")
+
+MISTAKES = [  # (the usual mistake, text substitutions on the reference, the one exercise that must fail)
+    ("std without Bessel's correction", [("r.std(1, keepdim=True)", "r.std(1, keepdim=True, correction=0)")], 3),
+    ("min instead of max in the clipped surrogate", [("torch.maximum(-adv * ratio", "torch.minimum(-adv * ratio")], 4),
+    ("no dual clip", [("loss = torch.where(adv < 0, torch.minimum(loss, -adv * clip_c), loss)", "pass")], 4),
+    # the mean over the tokens of one call: with a micro-batch of one rollout (the usual bug), a per-sequence mean
+    ("a per-sequence mean instead of the token-mean",
+     [(".sum() / n_tokens", ".sum() / (loss.numel() if weight is None else weight.sum())")], 4),
+    # the author is only known after the token is sampled, so "before" shows as the word-start token (and the K-th)
+    # credited to the redrawn author: the checker runs tandem_generate with authors told apart by their ids
+    ("the coin redrawn before the word-start token instead of after it",
+     [("        tokens[row, t], by_senior[row, t] = tok, senior_turn\n", "        tokens[row, t] = tok\n"),
+      ("max_gap)\n        # 3. finished", "max_gap)\n        by_senior[row, t] = senior_turn\n        # 3. finished")], 2),
+    ("a redraw after K + 1 tokens without a word start", [("(gap >= max_gap)", "(gap > max_gap)")], 2),
+    ("log-probs off by one position", [("h[:, n_prompt - 1:-1]", "h[:, n_prompt:]")], 5),
+    ("junior-written tokens counted in the loss", [("torch.where(by_senior, 1.0, w_junior) * attn", "attn.float()")], 6),
+]
+
+@pytest.mark.parametrize("mistake,subs,n", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_checker_catches_the_usual_mistakes(tmp_path, exercises, mistake, subs, n):
+    src = REFERENCE.read_text()
+    for old, new in subs:
+        assert src.count(old) == 1, old
+        src = src.replace(old, new)
+    (tmp_path / "tandem_grpo.py").write_text(src)
+    res = exercises.grade_file(tmp_path / "tandem_grpo.py")
+    assert [k for k, _, ok, _ in res if not ok] == [n]
+    line = res[n - 1][3]
+    assert "expected" in line and "got" in line and "\n" not in line
+    if n in (3, 5):  # the two classic slips are named
+        assert ("Bessel" if n == 3 else "off by one") in line
+
+def test_checker_cli_one_line_per_failure_no_traceback_and_the_grade_table(tmp_path, exercises, capsys):
+    import re
+    bad = REFERENCE.read_text().replace("r = rewards.view(-1, group_size)", "r = rewards.view(-1, group_size + 1)")
+    (tmp_path / "ben").mkdir()
+    (tmp_path / "ben" / "tandem_grpo.py").write_text(bad.replace("[:, n_prompt - 1:-1]", "[:, n_prompt:]"))
+    (tmp_path / "cy").mkdir()                                                        # handed in nothing
+    # in-process: a check that raises is one line, its traceback only when asked for
+    res = exercises.grade_file(tmp_path / "ben" / "tandem_grpo.py", tracebacks=True)
+    assert [k for k, _, ok, _ in res if not ok] == [3, 5] and res[2][3].startswith("raised RuntimeError: ")
+    assert "Traceback" in capsys.readouterr().err
+    # check: one line a failure, no traceback, the last line (the command exits 1 when this returns False)
+    assert exercises.check(tmp_path / "ben") is False
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[-1] == "exercises: 4 of 6 passed" and "Traceback" not in out + err and len(lines) == 6 + 2 + 1
+    assert lines[lines.index("exercise 3 failed  group-relative advantages") + 1].startswith("    raised RuntimeError")
+    # the instructor's table: each hand-in checked by the command, in a process of its own
+    script = Path(__file__).parent / "lab" / "exercises.py"
+    p = subprocess.run([sys.executable, str(script), "grade", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0 and "Traceback" not in p.stdout + p.stderr
+    out = p.stdout.splitlines()
+    assert out[0].split() == ["student", "exercise", "passed", "why"] and len(out) == 1 + 12 + 2
+    rows = [re.match(r"(\S+) +(\d) (\w+(?: \(word\))?) +(yes|no)(?: +(.*))?$", line).groups() for line in out[1:13]]
+    got = {(r[0], r[1]): r[3] for r in rows}
+    assert [r[2] for r in rows[:6]] == ["word_start_mask", "next_author (word)", "group_advantages", "grpo_loss",
+                                       "response_hidden", "loss_weights"]
+    assert rows[2][4].startswith("raised RuntimeError") and "off by one" in rows[4][4]
+    assert rows[6][4] == "no tandem_grpo.py handed in"
+    assert [got[("ben", str(n))] for n in range(1, 7)] == ["yes", "yes", "no", "yes", "no", "yes"]
+    assert all(got[("cy", str(n))] == "no" for n in range(1, 7))
+    assert out[-2:] == ["ben: 4 of 6 passed", "cy: 0 of 6 passed"]
