@@ -3,9 +3,10 @@ eval.py: the paper's three claims, measured. Each senior on each data file, side
 
 What it computes, in order, for every senior on every file (--n samples a problem under each schedule):
   1. solo   the senior alone, budget min(max_new_tokens, 4096 - prompt)                          -> solo pass@k
-  2. step   handoff: the senior writes the first reasoning step, then the two strictly alternate at every blank line,
-            at most --max-turns turns (the authors' 150 rounds of two), budget min(max_new_tokens, 4096 - prompt - 8)
-                                                                                -> step pass@k, step/solo at pass@4
+  2. step   handoff on text (the authors' protocol): the senior writes the first turn, then the two alternate; each
+            turn reads the prompt + text so far re-tokenized and ends after its text's first blank line (kept), at
+            most --max-turns turns (the authors' 150 rounds of two), one budget of sampled tokens shared,
+            min(max_new_tokens, 4096 - prompt - 8)                              -> step pass@k, step/solo at pass@4
   3. word   handoff under the training coin (p_senior, redrawn after a word-start token or max_gap) -> word pass@k
   4. both models teacher-forced over the senior's solo chains (end-of-turn token excluded; prompt + chain of 4,088
      tokens or more left out, counted): legibility (junior's cross-entropy), self-CE (senior's), drift (KL(p || q))
@@ -135,12 +136,11 @@ def budget(n_prompt, max_new_tokens, schedule):
     """A row's response budget: min(max_new_tokens, 4096 - prompt), and 8 tokens fewer in the authors' handoff loop."""
     return max(0, min(max_new_tokens, CONTEXT - n_prompt - 8 * (schedule == "step")))
 
-def generate(senior, junior, tok, prompts, budgets, schedule, args, word_start, step_end, eos):
-    """tandem_generate with one token budget per row: rows run to the largest budget, then each is cut to its own
-    (the tokens before the cut are distributed exactly as in a run that stopped there). A row cut at its budget, or
-    stopped without EOS (after max_turns), is truncated. -> tandem_generate's dict, tokens [B, T] etc."""
-    kw = dict(solo=dict(), step=dict(step_end=step_end, max_turns=args.max_turns),
-              word=dict(word_start=word_start, p_senior=args.p_senior, max_gap=args.max_gap))[schedule]
+def generate(senior, junior, tok, prompts, budgets, schedule, args, word_start, eos):
+    """tandem_generate (solo or word) with one token budget per row: rows run to the largest budget, then each is cut
+    to its own (the tokens before the cut are distributed exactly as in a run that stopped there). A row cut at its
+    budget is truncated. -> tandem_generate's dict, tokens [B, T] etc."""
+    kw = dict(word_start=word_start, p_senior=args.p_senior, max_gap=args.max_gap) if schedule == "word" else {}
     with autocast(next(senior.parameters()).device):
         gen = tandem_generate(senior, None if schedule == "solo" else junior, prompts, eos_ids=eos,
                               pad_id=tok.pad_token_id, n_vocab=len(tok), schedule=schedule,
@@ -153,30 +153,75 @@ def generate(senior, junior, tok, prompts, budgets, schedule, args, word_start, 
     gen["tokens"] = gen["tokens"].masked_fill(~keep, tok.pad_token_id)
     return gen
 
+def turn_text(text):
+    """A turn's text -> (its text up to and including its first blank line, True), or (text, False) when it has none.
+    As vLLM's stop=["\n\n"] with the stop string kept: a token holding a blank line and more ('.\n\nThe') loses
+    the rest."""
+    cut = text.find("\n\n")
+    return (text, False) if cut < 0 else (text[:cut + 2], True)
+
+def step_handoff(senior, junior, tok, prompt_texts, budgets, args, step_end, eos):
+    """The authors' step handoff, on text: the senior writes the first turn, then the two alternate. Each turn is
+    sampled from the prompt + the text so far, re-tokenized (a fresh prefill: the ids are not the ones sampled), until
+    its text holds a blank line (cut after it, handed over), EOS (the chain ends) or the budget (ends, truncated).
+    Budget: the tokens both models sampled, those a cut dropped included (the authors' count). A chain still running
+    after max_turns turns (150 rounds of two) ends truncated. Rows of a turn run as one batch.
+    -> one dict per row: text, turns (their texts, the senior's first), authors (who sampled each token), truncated."""
+    rows = [dict(text="", turns=[], authors="", truncated=True) for _ in prompt_texts]
+    running = list(range(len(rows)))
+    for t in range(args.max_turns):
+        if not running:
+            break
+        ids = [tok(prompt_texts[i] + rows[i]["text"], add_special_tokens=False).input_ids for i in running]
+        left = [max(1, budgets[i] - len(rows[i]["authors"])) for i in running]  # a turn samples at least one token
+        model = (senior, junior)[t % 2]
+        with autocast(next(model.parameters()).device):  # one model, stopped at its first blank line (max_turns=1)
+            g = tandem_generate(model, None, ids, eos_ids=eos, pad_id=tok.pad_token_id, n_vocab=len(tok),
+                                schedule="step", step_end=step_end, max_turns=1, max_new_tokens=max(left),
+                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        still = []
+        for j, i in enumerate(running):
+            new = g["tokens"][j][g["mask"][j]].tolist()[:left[j]]     # rows run to the longest; each cut to its own
+            text, handoff = turn_text(tok.decode(new, skip_special_tokens=True))  # byte-level BPE: context-free
+            r = rows[i]
+            r["text"], r["authors"] = r["text"] + text, r["authors"] + "sj"[t % 2] * len(new)
+            r["turns"].append(text)
+            if new[-1] in eos and not handoff:
+                r["truncated"] = False
+            elif handoff and len(r["authors"]) < budgets[i]:
+                still.append(i)
+        running = still
+    return rows
+
 def sample_responses(senior, junior, tok, problems, schedule, args, word_start, step_end, eos, desc=""):
     """args.n responses per problem (each prompt repeated n times in the batch), prompts from the senior's tokenizer
     `tok` -> one list of n samples per problem: text, reward, truncated, length, senior_tokens and authors (one
-    character per response token: s = senior, j = junior); solo samples also keep prompt and response ids."""
+    character per sampled token: s = senior, j = junior); step samples also keep their turns' texts, solo samples
+    their prompt and response ids."""
     torch.manual_seed(args.seed)  # the same stream for every senior: paired comparisons get common random numbers
     jobs = []
     for i, p in enumerate(problems):
-        ids = prompt_ids(tok, p["problem"])  # templated once, repeated n times
-        jobs += [(i, ids)] * args.n
+        text = prompt_ids(tok, p["problem"], as_text=True)  # templated once, repeated n times
+        jobs += [(i, tok(text, add_special_tokens=False).input_ids, text)] * args.n
     out = [[] for _ in problems]
     for s in tqdm(range(0, len(jobs), args.batch), desc=desc, leave=False):
         chunk = jobs[s:s + args.batch]
-        budgets = [budget(len(p), args.max_new_tokens, schedule) for _, p in chunk]
-        gen = generate(senior, junior, tok, [p for _, p in chunk], budgets, schedule, args, word_start, step_end,
-                       eos)
-        for j, (i, p) in enumerate(chunk):
-            resp = gen["tokens"][j][gen["mask"][j]].tolist()
-            text, truncated = tok.decode(resp, skip_special_tokens=True), bool(gen["truncated"][j])
-            graded = not (truncated and args.truncated_reward == "zero")
-            out[i].append(dict(text=text, reward=reward(text, problems[i]["answer"]) if graded else 0.0,
-                               truncated=truncated, length=len(resp), senior_tokens=int(gen["senior"][j].sum()),
+        budgets = [budget(len(p), args.max_new_tokens, schedule) for _, p, _ in chunk]
+        if schedule == "step":  # on text, every turn re-tokenized (the authors' protocol)
+            xs = step_handoff(senior, junior, tok, [t for *_, t in chunk], budgets, args, step_end, eos)
+        else:
+            gen, xs = generate(senior, junior, tok, [p for _, p, _ in chunk], budgets, schedule, args, word_start,
+                               eos), []
+            for j, (_, p, _) in enumerate(chunk):
+                resp = gen["tokens"][j][gen["mask"][j]].tolist()
+                xs.append(dict(text=tok.decode(resp, skip_special_tokens=True), truncated=bool(gen["truncated"][j]),
                                authors="".join("sj"[not a] for a in gen["senior"][j][gen["mask"][j]].tolist())))
-            if schedule == "solo":
-                out[i][-1].update(prompt_ids=p, response_ids=resp)
+                if schedule == "solo":
+                    xs[-1].update(prompt_ids=p, response_ids=resp)
+        for (i, _, _), x in zip(chunk, xs):
+            graded = not (x["truncated"] and args.truncated_reward == "zero")
+            out[i].append(dict(x, reward=reward(x["text"], problems[i]["answer"]) if graded else 0.0,
+                               length=len(x["authors"]), senior_tokens=x["authors"].count("s")))
     return out
 
 # ------------------------------------------------------------------------------------------------------------------

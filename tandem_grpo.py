@@ -146,12 +146,12 @@ def load_problems(path):
         raise UserError(f"{path}: no rows" + (f" with an answer ({n_empty} empty)" if n_empty else " (empty file)"))
     return problems
 
-def prompt_ids(tokenizer, problem):
+def prompt_ids(tokenizer, problem, as_text=False):
     """One user message (the problem, one space, the authors' suffix) through the chat template, no <think> block
-    -> token ids."""
+    -> token ids (as_text: the templated string)."""
     msg = [{"role": "user", "content": f"{problem} {PROMPT_SUFFIX}"}]
     text = tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-    return tokenizer(text, add_special_tokens=False).input_ids
+    return text if as_text else tokenizer(text, add_special_tokens=False).input_ids
 
 # ------------------------------------------------------------------------------------------------------------------
 # Reward: 1 if the final \boxed{} answer of the completion equals the gold answer, else 0 (no format reward)
@@ -256,11 +256,11 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
                     temperature=0.6, top_k=0, top_p=1.0):
     """Co-write one response per prompt (lists of token ids). Schedules: word (coin at the start; redraw after a
     word-start token or after max_gap tokens), token (coin every token), step (senior first, swap after each blank
-    line; at most max_turns turns if > 0), solo (senior only: the junior never runs; also when p_senior == 1).
+    line; at most max_turns turns if > 0; one turn needs no junior), solo (senior only; also when p_senior == 1).
     Returns tokens [B, T] (pad after the end), senior [B, T] (True where the senior wrote the token),
     mask [B, T] (response tokens up to and including EOS) and truncated [B] (stopped without EOS)."""
     dev, B = next(senior.parameters()).device, len(prompts)
-    if junior is None or not junior_writes(schedule, p_senior):
+    if not junior_writes(schedule, p_senior) or junior is None and (schedule, max_turns) != ("step", 1):
         junior, schedule = None, "solo"
     models = [senior] if junior is None else [senior, junior]
     eos = torch.tensor(sorted(eos_ids), device=dev)

@@ -1736,36 +1736,114 @@ def test_budget():
     assert ev.budget(1500, 3000, "solo") == 4096 - 1500 == ev.budget(1500, 3000, "word")  # the engine's window
     assert ev.budget(5000, 3000, "step") == 0 == ev.budget(5000, 3000, "solo")
 
-def test_step_schedule_alternates_at_blank_lines_and_stops_at_budget(tok):
-    blank = tok.get_vocab()["ĊĊ"]
+@pytest.fixture(scope="module")
+def merged_tok():
+    """BPE without a pre-split: merges cross blank lines, so one token can hold a blank line and more text
+    ('isĠ6.ĊĊTheĠanswerĠ'), and a text re-tokenizes into other ids than the ones sampled ('.', 'Ċ', 'Ċ' -> '.ĊĊ')."""
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tk = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tk.chat_template = CHATML
+    return tk
+
+class Reads(Counting):
+    """Wraps a model's body to record the ids of every prefill (a forward over more than one position)."""
+    def __init__(self, model):
+        super().__init__(model)
+        self.prefills = []
+    def get_decoder(self):
+        body = self.m.get_decoder()
+        def run(input_ids, **kw):
+            if input_ids.shape[1] > 1:
+                self.prefills.append(input_ids[kw["attention_mask"].bool()].tolist())  # one row: its ids, unpadded
+            return body(input_ids=input_ids, **kw)
+        return run
+
+def handoff_reference(models_, tok, prompt_text, budget, max_turns, eos):
+    """The authors' loop (eval/handoff.py) on text, one chain, greedy, full forwards without a cache: turn t's model
+    (t % 2, the senior first) reads tok(prompt + text) and writes until its turn's text holds a blank line (kept up to
+    and including it), EOS, or the budget, counted in sampled tokens. -> text, turns, sampled per turn, truncated,
+    and whether a re-tokenized prefix ever differed from the prompt + the ids sampled so far."""
+    text, turns, sampled, all_ids, differed = "", [], [], tok(prompt_text, add_special_tokens=False).input_ids, False
+    for t in range(max_turns):
+        ids = tok(prompt_text + text, add_special_tokens=False).input_ids
+        differed |= ids != all_ids
+        new, seg = [], ""
+        while "\n\n" not in seg and (not new or new[-1] not in eos) and len(new) < max(1, budget - sum(sampled)):
+            m = models_[t % 2]
+            new.append(int(m(torch.tensor([ids + new])).logits[0, -1, :len(tok)].argmax()))
+            seg = tok.decode(new, skip_special_tokens=True)
+        all_ids = ids + new
+        stop = "\n\n" in seg
+        seg = seg[:seg.index("\n\n") + 2] if stop else seg
+        text, turns, sampled = text + seg, turns + [seg], sampled + [len(new)]
+        if not stop or sum(sampled) >= budget:
+            return text, turns, sampled, new[-1] not in eos or stop, differed
+    return text, turns, sampled, True, differed
+
+def test_step_handoff_by_hand_on_merged_tokens(merged_tok):
+    """Scripted turns on a tokenizer whose tokens cross blank lines. The senior writes 'We add ' and one token
+    'is 6.\n\nThe answer ': its turn keeps 'We add is 6.\n\n' (what follows the blank line is dropped, its tokens
+    still count). The junior reads that text re-tokenized and writes '4', '.', '\n', '\n' (a blank line of two
+    tokens). The senior reads both turns re-tokenized ('.ĊĊ' where '.', 'Ċ', 'Ċ' were sampled), writes \boxed{46}, EOS."""
+    tok = merged_tok
+    enc = lambda x: tok(x, add_special_tokens=False).input_ids
+    v = tok.get_vocab()
+    we, big, boxed = enc("We add "), v["isĠ6.ĊĊTheĠanswerĠ"], enc("\\boxed{46}")
+    s, j = Reads(tiny_model(tok, seed=0)), Reads(tiny_model(tok, seed=1))
+    s.m.lm_head = Script(we + [big] + boxed + [tok.eos_token_id], s.config.vocab_size)
+    j.m.lm_head = Script([v["4"], v["."], v["Ċ"], v["Ċ"]], j.config.vocab_size)
+    prompt = tg.prompt_ids(tok, "What is 12 + 34?", as_text=True)
+    x = ev.step_handoff(s, j, tok, [prompt], [100], eval_args(max_turns=300), tg.step_end_mask(tok),
+                        eos_of(tok))[0]
+    turns = ["We add is 6.\n\n", "4.\n\n", "\\boxed{46}"]
+    assert x == dict(text="".join(turns), turns=turns, truncated=False,
+                     authors="s" * (len(we) + 1) + "jjjj" + "s" * (len(boxed) + 1))
+    assert s.prefills == [enc(prompt), enc(prompt + turns[0] + turns[1])] and j.prefills == [enc(prompt + turns[0])]
+    assert s.prefills[1][-2:] == [v["4"], v[".ĊĊ"]] and big not in j.prefills[0]  # re-tokenized, not as sampled
+    # the budget counts sampled tokens: 5 ends the chain inside the junior's turn ('4.\n' of its 4), truncated
+    s.m.lm_head = Script(we + [big] + boxed + [tok.eos_token_id], s.config.vocab_size)
+    j.m.lm_head = Script([v["4"], v["."], v["Ċ"], v["Ċ"]], j.config.vocab_size)
+    x = ev.step_handoff(s, j, tok, [prompt], [len(we) + 1 + 3], eval_args(max_turns=300), tg.step_end_mask(tok),
+                        eos_of(tok))[0]
+    assert x == dict(text="We add is 6.\n\n4.\n", turns=["We add is 6.\n\n", "4.\n"], truncated=True,
+                     authors="s" * (len(we) + 1) + "jjj")
+    # at most max_turns turns: the chain ends after the junior's blank line, truncated (graded as it is)
+    s.m.lm_head = Script(we + [big] + boxed + [tok.eos_token_id], s.config.vocab_size)
+    j.m.lm_head = Script([v["4"], v["."], v["Ċ"], v["Ċ"]], j.config.vocab_size)
+    x = ev.step_handoff(s, j, tok, [prompt], [100], eval_args(max_turns=2), tg.step_end_mask(tok), eos_of(tok))[0]
+    assert (x["text"], x["truncated"], len(x["turns"])) == ("We add is 6.\n\n4.\n\n", True, 2)
+
+@pytest.mark.parametrize("max_turns", [300, 3])
+def test_step_handoff_batched_equals_text_reference(merged_tok, max_turns):
+    """Greedy tiny models (sharpened, and made to write blank lines, '.' and EOS), 6 rows with their own budgets in one
+    batch: every chain (text, turns, tokens sampled per turn, truncation) equals the one-chain text-level reference;
+    chains end at EOS, at the budget and (max_turns 3) at the turn cap, and some turn read a re-tokenized prefix that
+    differs from the ids sampled."""
+    tok = merged_tok
+    v = tok.get_vocab()
+    boost = [i for t, i in v.items() if "ĊĊ" in t] + [v["Ċ"], v["."], tok.eos_token_id]
     s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
-    s.lm_head, j.lm_head = Boost(s.lm_head, [blank], 4.0), Boost(j.lm_head, [blank], 4.0)
-    se = tg.step_end_mask(tok)
-    budgets = [6, 40, 40, 13]
-    torch.manual_seed(0)
-    g = ev.generate(s, j, tok, prompts(tok, 4), budgets, "step", eval_args(max_turns=150), None, se, eos_of(tok))
-    assert check_step_turns(tok, g, 4) >= 4
-    for i, budget in enumerate(budgets):
-        n = int(g["mask"][i].sum())
-        toks, by_senior = g["tokens"][i].tolist(), g["senior"][i].tolist()
-        assert n <= budget
-        ended = toks[n - 1] in tg.eos_ids(tok)
-        assert bool(g["truncated"][i]) == (not ended)         # stopped at the budget without EOS: truncated
-        if not ended:
-            assert n == budget
-        assert all(t == tok.pad_token_id for t in toks[n:]) and not any(by_senior[n:])
-    # at most max_turns turns: a row ends at the blank line that closes its third turn, truncated
-    torch.manual_seed(0)
-    g = ev.generate(s, j, tok, prompts(tok, 4), [40] * 4, "step", eval_args(max_turns=3), None, se, eos_of(tok))
-    ended_by_turns = 0
-    for i in range(4):
-        n, toks = int(g["mask"][i].sum()), g["tokens"][i].tolist()
-        ends = blank_line_ends(tok, toks[:n])
-        assert len(ends) <= 3
-        if len(ends) == 3:
-            assert ends[-1] == n - 1 and g["truncated"][i]
-            ended_by_turns += 1
-    assert ended_by_turns > 0
+    with torch.no_grad():
+        s.lm_head.weight.mul_(20), j.lm_head.weight.mul_(20)  # turns of several tokens that depend on what was read
+    s.lm_head, j.lm_head = Boost(s.lm_head, boost, 3.0), Boost(j.lm_head, boost, 3.0)
+    texts = [tg.prompt_ids(tok, q, as_text=True) for q in ["What is 12 + 34?", "Add 1 and 3.", "What is 4?"]] * 2
+    budgets = [60, 60, 60, 7, 25, 1]
+    xs = ev.step_handoff(s, j, tok, texts, budgets, eval_args(max_turns=max_turns, temperature=0),
+                         tg.step_end_mask(tok), eos_of(tok))
+    differed = False
+    for x, text, b in zip(xs, texts, budgets):
+        ref, turns, sampled, truncated, d = handoff_reference([s, j], tok, text, b, max_turns, eos_of(tok))
+        differed |= d
+        assert (x["text"], x["turns"], x["truncated"]) == (ref, turns, truncated)
+        assert x["authors"] == "".join("sj"[t % 2] * n for t, n in enumerate(sampled))
+        assert len(x["authors"]) <= max(1, b)
+    assert differed and max(len(x["turns"]) for x in xs) >= 3 and max(max(map(len, x["turns"])) for x in xs) > 10
+    assert {x["truncated"] for x in xs} == ({True, False} if max_turns == 300 else {True})
 
 def test_handoff_with_p_senior_one_equals_solo(tok):
     s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
@@ -1841,10 +1919,11 @@ def test_main_end_to_end(tmp_path, tok, capsys):
     assert same["macro"]["drift"] == 0.0                                       # the junior itself: no drift
     assert same["macro"]["legibility"] == pytest.approx(same["macro"]["self_ce"], abs=1e-6)
     assert other["macro"]["drift"] > 0
-    # self-paired, the step schedule draws every token from the same distribution with the same random numbers as solo
-    for f in ("a.jsonl", "b.jsonl"):
-        for p in same["files"][f]["problems"]:
-            assert [x["text"] for x in p["step"]["samples"]] == [x["text"] for x in p["solo"]["samples"]]
+    for f in ("a.jsonl", "b.jsonl"):  # a step chain is its turns' texts, the senior's first
+        for p in same["files"][f]["problems"] + other["files"][f]["problems"]:
+            for x in p["step"]["samples"]:
+                assert "".join(x["turns"]) == x["text"] and x["authors"][0] == "s"
+                assert len(x["turns"]) == len([a for k, a in enumerate(x["authors"]) if a != x["authors"][k - 1:k]])
     for f, n_problems in (("a.jsonl", 3), ("b.jsonl", 2)):
         probs = same["files"][f]["problems"]
         assert len(probs) == n_problems and all(len(p[s]["samples"]) == 2 for p in probs for s in ev.SCHEDULES)
