@@ -224,10 +224,12 @@ def table(s, kr, n_seeds):
 def verdicts(s, kr):
     """The lab's criteria, seed by seed -> {property: [held on seed 0, seed 1, ...]}. parity: the solo@1 difference's
     interval (bootstrap over that seed's problems) contains 0, or it is within 3 points; handoff: the step@kr
-    difference's interval is above 0; drift, legib: trl lower; mechanism: grpo more compact than the base, trl less."""
+    difference's interval is above 0 (handoff@1: step@1's); drift, legib: trl lower; mechanism: grpo more compact
+    than the base, trl less."""
     g, t, d, base = s["grpo"], s["trl"], s["trl - grpo"], s["base"]["compact"]
     return {"parity": [c[1] <= 0 <= c[2] or abs(c[0]) <= 0.03 for c in d["solo@1 seeds ci"]],
             "handoff": [c[1] > 0 for c in d[f"step@{kr} seeds ci"]],
+            "handoff@1": [c[1] > 0 for c in d["step@1 seeds ci"]],
             "drift": [a < b for a, b in zip(t["drift seeds"], g["drift seeds"])],
             "legib": [a < b for a, b in zip(t["legibility seeds"], g["legibility seeds"])],
             "mechanism": [a > base > b for a, b in zip(g["compact seeds"], t["compact seeds"])]}
