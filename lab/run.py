@@ -6,8 +6,9 @@ For each seed, the same base (lab/model), data, steps and budgets train two seni
   trl   --schedule word --p-senior 0.5        TRL: a self-paired frozen junior writes about half of the tokens
 Both arms run at once (one CPU thread each), then eval.py measures base, grpo and trl on the held-out problems:
 solo pass@k, step-handoff pass@k (and step/solo), word-handoff pass@k, legibility and drift, and the paired
-differences trl - grpo. Seeds are added while they fit --budget-s (at least 2). Prints the table, writes one JSON
-file, draws a figure if matplotlib is installed, and ends with one summary line.
+differences trl - grpo, and the solo reward under the training objective (obj). Seeds are added while they fit
+--budget-s (at least 2). Prints the table, then each seed's rows and which property held on which seed, writes one
+JSON file, draws a figure if matplotlib is installed (pip install matplotlib), and ends with one summary line.
 
     python lab/run.py                                  # the default lab
     python lab/run.py --p-senior 0.25                  # an exercise: any trl-arm flag below (see lab/README.md)
@@ -141,6 +142,7 @@ def objective(samples, lam, budget):
                         dtype=torch.float64)
 
 def per_problem_objective(report, name, lam, budget):
+    """[P] obj of each problem for one senior of one eval report (its solo samples)."""
     problems = report["seniors"][name]["files"][report["files"][0]]["problems"]
     return objective([p["solo"]["samples"] for p in problems], lam, budget)
 
