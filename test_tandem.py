@@ -2520,14 +2520,38 @@ def test_lab_runs_end_to_end(tmp_path, tok):
     assert saved["summary"]["base"]["drift"] == 0.0                   # the base is its own junior
     d = saved["summary"]["trl - grpo"]["step@2"]
     assert d[0] == pytest.approx(saved["summary"]["trl"]["step@2"][0] - saved["summary"]["grpo"]["step@2"][0])
-    num, ci = r"([\d.]+)", r"\(d ([+-][\d.]+) \[([+-][\d.]+),([+-][\d.]+)\]\)"
+    num, ci, n2 = r"([\d.]+)", r"\(d ([+-][\d.]+) \[([+-][\d.]+),([+-][\d.]+)\]\)", r"[012]/2"
     m = re.fullmatch(rf"lab: solo@1 grpo {num} trl {num} {ci}; step@2 grpo {num} trl {num} {ci}; drift grpo {num} "
-                     rf"trl {num}; legib grpo {num} trl {num} \(seeds 2, \d+ s\)", saved["summary_line"])
+                     rf"trl {num}; legib grpo {num} trl {num}; held on seeds: parity {n2} handoff {n2} handoff@1 {n2} "
+                     rf"drift {n2} legib {n2} mechanism {n2} \(seeds 2, \d+ s\)", saved["summary_line"])
     assert m and float(m.group(3)) == pytest.approx(float(m.group(2)) - float(m.group(1)), abs=0.11)
     assert res["summary_line"] == saved["summary_line"]
+    assert {p: len(h) for p, h in saved["verdicts"].items()} == dict.fromkeys(
+        ("parity", "handoff", "handoff@1", "drift", "legib", "mechanism"), 2)
+    for seed in (0, 1):                                               # obj: the samples' own length-penalised reward
+        report = json.loads((tmp_path / "lab" / f"seed{seed}" / "eval.json").read_text())
+        samples = [x for p in next(iter(report["seniors"][saved["per_seed"][str(seed)]["seniors"]["trl"]]["files"]
+                                        .values()))["problems"] for x in p["solo"]["samples"]]
+        want = sum(x["reward"] * (1 - x["length"] / 10) for x in samples) / len(samples)  # 2 samples per problem
+        assert saved["summary"]["trl"]["obj seeds"][seed] == pytest.approx(want)
     # the pieces, on hand values: the compact share counts column steps without ", carry N"
     texts = ["Ones: 7+6+0=13, carry 1\n\nTens: 5+8+1=14\n\nThe answer is 4.", "Ones: 1+2+0=3"]
     assert lab.compact_share(texts) == 2 / 3
+    # obj, by hand: lambda 1, budget 112; problem 1: right in 56 tokens (0.5) and wrong (0); problem 2: right in 84
+    samples = [[dict(reward=1.0, length=56), dict(reward=0.0, length=30)], [dict(reward=1.0, length=84)]]
+    assert lab.objective(samples, 1.0, 112).tolist() == [0.25, 0.25]
+    assert lab.objective(samples, 0.5, 112).tolist() == [0.375, 0.625]
+    # the verdicts, on hand-made per-seed numbers: seed 0 holds everything, seed 1 nothing
+    s = {"base": {"compact": 0.2}, "grpo": {"drift seeds": [0.05, 0.01], "legibility seeds": [0.1, 0.02],
+                                            "compact seeds": [0.7, 0.1]},
+         "trl": {"drift seeds": [0.02, 0.03], "legibility seeds": [0.03, 0.05], "compact seeds": [0.0, 0.3]},
+         "trl - grpo": {"solo@1 seeds ci": [[0.02, -0.01, 0.05], [-0.15, -0.2, -0.1]],
+                        "step@4 seeds ci": [[0.06, 0.01, 0.1], [-0.01, -0.05, 0.03]],
+                        "step@1 seeds ci": [[0.3, 0.2, 0.4], [0.1, 0.0, 0.2]]}}          # lo 0 is not above 0
+    assert lab.verdicts(s, 4) == dict.fromkeys(("parity", "handoff", "handoff@1", "drift", "legib", "mechanism"),
+                                               [True, False])
+    s["trl - grpo"]["solo@1 seeds ci"] = [[0.025, 0.01, 0.04], [0.05, 0.01, 0.09]]  # within 3 points; 5 ahead
+    assert lab.verdicts(s, 4)["parity"] == [True, False]
     # the two-level bootstrap: identical seeds of constant problems give a zero-width interval at the mean
     assert lab.seed_bootstrap([torch.full((5,), 0.5, dtype=torch.float64)] * 2) == [0.5, 0.5, 0.5]
     with pytest.raises(SystemExit):                                   # a used --out is refused

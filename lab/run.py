@@ -6,8 +6,9 @@ For each seed, the same base (lab/model), data, steps and budgets train two seni
   trl   --schedule word --p-senior 0.5        TRL: a self-paired frozen junior writes about half of the tokens
 Both arms run at once (one CPU thread each), then eval.py measures base, grpo and trl on the held-out problems:
 solo pass@k, step-handoff pass@k (and step/solo), word-handoff pass@k, legibility and drift, and the paired
-differences trl - grpo. Seeds are added while they fit --budget-s (at least 2). Prints the table, writes one JSON
-file, draws a figure if matplotlib is installed, and ends with one summary line.
+differences trl - grpo, and the solo reward under the training objective (obj). Seeds are added while they fit
+--budget-s (at least 2). Prints the table, then each seed's rows and which property held on which seed, writes one
+JSON file, draws a figure if matplotlib is installed (pip install matplotlib), and ends with one summary line.
 
     python lab/run.py                                  # the default lab
     python lab/run.py --p-senior 0.25                  # an exercise: any trl-arm flag below (see lab/README.md)
@@ -134,6 +135,17 @@ def per_problem(report, name, sch, k):
     return torch.tensor([ev.pass_at_k(len(p[sch]["samples"]), p[sch]["correct"], k) for p in problems],
                         dtype=torch.float64)
 
+def objective(samples, lam, budget):
+    """[P] lists of samples -> [P] mean solo reward under the training objective, per problem: the length-penalised
+    reward both arms maximise, reward x (1 - lam x response tokens / budget) (eval.py's reward and length)."""
+    return torch.tensor([sum(x["reward"] * (1 - lam * x["length"] / budget) for x in s) / len(s) for s in samples],
+                        dtype=torch.float64)
+
+def per_problem_objective(report, name, lam, budget):
+    """[P] obj of each problem for one senior of one eval report (its solo samples)."""
+    problems = report["seniors"][name]["files"][report["files"][0]]["problems"]
+    return objective([p["solo"]["samples"] for p in problems], lam, budget)
+
 def seed_bootstrap(vectors, n_boot=2000, seed=0):
     """vectors: one [P] tensor of per-problem values per seed -> (mean, lo, hi): the 95% interval of the mean over
     seeds of the mean over problems, resampling seeds and then problems within each seed, with replacement."""
@@ -145,12 +157,16 @@ def seed_bootstrap(vectors, n_boot=2000, seed=0):
     lo, hi = torch.quantile(stat, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return [v.mean().item(), lo, hi]
 
-def summarize(reports, names, kr):
-    """reports: one eval report per seed; names: {model: senior name in the reports, per seed} -> table numbers."""
+def summarize(reports, names, kr, lam, budget):
+    """reports: one eval report per seed; names: {model: senior name in the reports, per seed} -> table numbers.
+    lam, budget: the training objective's length cost (obj: the solo reward under it, as in training)."""
     out = {}
     keys = [("solo", 1), ("solo", kr), ("step", 1), ("step", kr), ("word", kr)]
+    vectors = lambda r, n: {**{f"{s}@{k}": per_problem(r, n, s, k) for s, k in keys},
+                            "obj": per_problem_objective(r, n, lam, budget)}
     for model, per_seed in names.items():
-        vec = {f"{s}@{k}": [per_problem(r, n, s, k) for r, n in zip(reports, per_seed)] for s, k in keys}
+        vs = [vectors(r, n) for r, n in zip(reports, per_seed)]
+        vec = {key: [v[key] for v in vs] for key in vs[0]}
         m = {key: seed_bootstrap(v) for key, v in vec.items()}
         for key, v in vec.items():
             m[key + " seeds"] = [x.mean().item() for x in v]
@@ -164,12 +180,12 @@ def summarize(reports, names, kr):
         m["step/solo"] = m[f"step@{kr}"][0] / m[f"solo@{kr}"][0] if m[f"solo@{kr}"][0] else float("nan")
         out[model] = m
     if "grpo" in names and "trl" in names:
-        d = {}
-        for s, k in keys:
-            diff = [per_problem(r, t, s, k) - per_problem(r, g, s, k)
-                    for r, g, t in zip(reports, names["grpo"], names["trl"])]
-            d[f"{s}@{k}"] = seed_bootstrap(diff)
-            d[f"{s}@{k} seeds"] = [x.mean().item() for x in diff]
+        d, vg, vt = {}, *[[vectors(r, n) for r, n in zip(reports, names[arm])] for arm in ("grpo", "trl")]
+        for key in vg[0]:
+            diff = [t[key] - g[key] for g, t in zip(vg, vt)]
+            d[key] = seed_bootstrap(diff)
+            d[key + " seeds"] = [x.mean().item() for x in diff]
+            d[key + " seeds ci"] = [seed_bootstrap([x]) for x in diff]  # per seed: bootstrap over its problems
         for key in ("legibility", "drift", "compact"):
             d[key] = out["trl"][key] - out["grpo"][key]
         out["trl - grpo"] = d
@@ -183,33 +199,65 @@ def spread(xs, scale=1.0, fmt=".1f"):
 
 def table(s, kr, n_seeds):
     pc = lambda v, sign="": f"{100 * v[0]:{sign}.1f} [{100 * v[1]:{sign}.1f},{100 * v[2]:{sign}.1f}]"
-    rows = [["model", "solo@1", f"solo@{kr}", "step@1", f"step@{kr}", "step/solo", f"word@{kr}", "legib", "drift",
-             "compact", "len"]]
+    rows = [["model", "solo@1", f"solo@{kr}", "obj", "step@1", f"step@{kr}", "step/solo", f"word@{kr}", "legib",
+             "drift", "compact", "len"]]
     for model in ("base", "grpo", "trl"):
         m = s[model]
-        rows.append([model, pc(m["solo@1"]), pc(m[f"solo@{kr}"]), pc(m["step@1"]), pc(m[f"step@{kr}"]),
+        rows.append([model, pc(m["solo@1"]), pc(m[f"solo@{kr}"]), spread(m["obj seeds"], fmt=".3f"), pc(m["step@1"]),
+                     pc(m[f"step@{kr}"]),
                      f"{100 * m['step/solo']:.1f}%",
                      pc(m[f"word@{kr}"]), spread(m["legibility seeds"], fmt=".3f"), spread(m["drift seeds"], fmt=".3f"),
                      spread(m["compact seeds"], 100, ".0f") + "%", spread(m["solo length seeds"], fmt=".0f")])
     d = s["trl - grpo"]
-    rows.append(["trl - grpo", pc(d["solo@1"], "+"), pc(d[f"solo@{kr}"], "+"), pc(d["step@1"], "+"),
+    rows.append(["trl - grpo", pc(d["solo@1"], "+"), pc(d[f"solo@{kr}"], "+"),
+                 f"{d['obj'][0]:+.3f} [{d['obj'][1]:+.3f},{d['obj'][2]:+.3f}]", pc(d["step@1"], "+"),
                  pc(d[f"step@{kr}"], "+"), "",
                  pc(d[f"word@{kr}"], "+"), f"{d['legibility']:+.3f}", f"{d['drift']:+.3f}",
                  f"{100 * d['compact']:+.0f}%", ""])
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text = "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
-    return text + (f"\npass@k in % [95% interval: bootstrap over the {n_seeds} seeds, then problems]; "
+    return text + (f"\npass@k in % [95% interval: bootstrap over the {n_seeds} seeds, then problems]; obj: the solo "
+                   f"reward under the training objective, right x (1 - length cost x tokens / budget); "
                    f"step: handoff alternating at \\n\\n; word: handoff under the training coin; legib: the junior's "
                    f"cross-entropy, drift: KL(senior || junior), nats per token (mean ±half-range over seeds); "
                    f"compact: "
                    f"column steps without ', carry N'; len: solo tokens. base: eval seed 0 only")
 
-def summary_line(s, kr, n_seeds, wall):
+def verdicts(s, kr):
+    """The lab's criteria, seed by seed -> {property: [held on seed 0, seed 1, ...]}. parity: the solo@1 difference's
+    interval (bootstrap over that seed's problems) contains 0, or it is within 3 points; handoff: the step@kr
+    difference's interval is above 0 (handoff@1: step@1's); drift, legib: trl lower; mechanism: grpo more compact
+    than the base, trl less."""
+    g, t, d, base = s["grpo"], s["trl"], s["trl - grpo"], s["base"]["compact"]
+    return {"parity": [c[1] <= 0 <= c[2] or abs(c[0]) <= 0.03 for c in d["solo@1 seeds ci"]],
+            "handoff": [c[1] > 0 for c in d[f"step@{kr} seeds ci"]],
+            "handoff@1": [c[1] > 0 for c in d["step@1 seeds ci"]],
+            "drift": [a < b for a, b in zip(t["drift seeds"], g["drift seeds"])],
+            "legib": [a < b for a, b in zip(t["legibility seeds"], g["legibility seeds"])],
+            "mechanism": [a > base > b for a, b in zip(g["compact seeds"], t["compact seeds"])]}
+
+def seed_table(s, v, kr):
+    """One row per seed and arm (each seed's own numbers), then which property held on which seed."""
+    cols = ["solo@1", f"solo@{kr}", "obj", "step@1", f"step@{kr}", "legib", "drift", "compact", "len"]
+    keys = ["solo@1", f"solo@{kr}", "obj", "step@1", f"step@{kr}", "legibility", "drift", "compact", "solo length"]
+    fmt = [".1f", ".1f", ".3f", ".1f", ".1f", ".3f", ".3f", ".0f", ".0f"]
+    scale = [100, 100, 1, 100, 100, 1, 1, 100, 1]
+    rows = [["seed", "arm"] + cols]
+    for i in range(len(s["grpo"]["drift seeds"])):
+        rows += [[str(i), arm] + [f"{c * s[arm][k + ' seeds'][i]:{f}}" + "%" * (k == "compact")
+                                  for k, f, c in zip(keys, fmt, scale)] for arm in ("grpo", "trl")]
+    rows += [["held", p] + ["".join("y" if x else "n" for x in held), f"{sum(held)}/{len(held)}"] + [""] * 7
+             for p, held in v.items()]
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
+
+def summary_line(s, v, kr, n_seeds, wall):
     g, t, d = s["grpo"], s["trl"], s["trl - grpo"]
     acc = lambda key: (f"{key} grpo {100 * g[key][0]:.1f} trl {100 * t[key][0]:.1f} (d {100 * d[key][0]:+.1f} "
                        f"[{100 * d[key][1]:+.1f},{100 * d[key][2]:+.1f}])")
     return (f"lab: {acc('solo@1')}; {acc(f'step@{kr}')}; drift grpo {g['drift']:.3f} trl {t['drift']:.3f}; "
-            f"legib grpo {g['legibility']:.3f} trl {t['legibility']:.3f} (seeds {n_seeds}, {wall:.0f} s)")
+            f"legib grpo {g['legibility']:.3f} trl {t['legibility']:.3f}; held on seeds: "
+            + " ".join(f"{p} {sum(h)}/{len(h)}" for p, h in v.items()) + f" (seeds {n_seeds}, {wall:.0f} s)")
 
 def figure(result, path, kr):
     try:
@@ -275,16 +323,18 @@ def main(args):
         base[0].result()
     base_report = json.loads((out / "base_eval.json").read_text())
     arms = {arm: [v["seniors"][arm] for v in result["per_seed"].values()] for arm in ("grpo", "trl")}
-    s = summarize(reports, arms, kr)
-    s["base"] = summarize([base_report], dict(base=list(base_report["seniors"])), kr)["base"]
-    result["summary"] = s
+    s = summarize(reports, arms, kr, args.length_penalty, args.max_new_tokens)
+    s["base"] = summarize([base_report], dict(base=list(base_report["seniors"])), kr, args.length_penalty,
+                          args.max_new_tokens)["base"]
+    result["summary"], v = s, verdicts(s, kr)
     n_seeds = len(reports)
-    text = table(s, kr, n_seeds)
+    text, seeds_text = table(s, kr, n_seeds), seed_table(s, v, kr)
     result["figure"] = figure(result, out / "lab.png", kr)
-    line = summary_line(s, kr, n_seeds, time.time() - t0)
-    result.update(table=text, summary_line=line, wall_s=round(time.time() - t0, 1))
+    line = summary_line(s, v, kr, n_seeds, time.time() - t0)
+    result.update(table=text, seed_table=seeds_text, verdicts=v, summary_line=line, wall_s=round(time.time() - t0, 1))
     (out / "lab.json").write_text(json.dumps(result, indent=1))
     print(text)
+    print(seeds_text)
     print(f"wrote {out / 'lab.json'}" + (f" and {result['figure']}" if result["figure"] else ""))
     print(line)
     return result
