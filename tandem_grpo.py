@@ -1150,7 +1150,7 @@ def check_args(p, args):
                 "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
                 "max_prompt_tokens", "nproc")],
             *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
-                "save_every", "val_size", "val_every", "log_every", "show_every", "threads")]]:
+                "save_every", "keep", "val_size", "val_every", "log_every", "show_every", "threads")]]:
         if not ok:
             p.error(f"--{name} must be {rule}, got {getattr(args, name.replace('-', '_'))}")
     if args.prompts_per_step % args.mini_batch_prompts:
@@ -1211,9 +1211,11 @@ def load_tokenizer(path):
     except OSError as e:
         raise not_found(path, e) from None
 
-def stop_hint(out, step, why="interrupted during step", code=130):
-    """After Ctrl-C (or SIGTERM, or SIGUSR1): the step reached, the last checkpoint and the command that resumes;
-    exit code 130 (SIGUSR1: 75)."""
+def stop_hint(out, step):
+    """After Ctrl-C or SIGTERM: the step reached, the last checkpoint and the command that resumes; exit code 130.
+    After SIGUSR1 (stop_if_warned): the step just saved; exit code 75."""
+    why, code = ("stopped by SIGUSR1 (a scheduler's warning) after step", PREEMPTED) if WARNED["agreed"] else (
+        "interrupted during step", 130)
     last = out / (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
     argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
     if rank() == 0:  # N ranks: one hint (the command resumes on one process; under torchrun, on any number)
@@ -1346,11 +1348,12 @@ def warned():
     return WARNED["agreed"]
 
 def stop_if_warned(out, step):
-    """After the checkpoint of the step in which SIGUSR1 came: say how to resume and exit PREEMPTED."""
+    """After the checkpoint of the step in which SIGUSR1 came: stop as Ctrl-C does (the loop's `except`), but
+    stop_hint then names the step saved and exits PREEMPTED."""
     if WARNED["agreed"]:
         if WANDB is not None:
             WANDB.mark_preempting()  # shown as preempted, not failed
-        stop_hint(out, step, "stopped by SIGUSR1 (a scheduler's warning) after step", PREEMPTED)
+        raise KeyboardInterrupt
 
 def start_wandb(out, args):
     global WANDB
