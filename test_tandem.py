@@ -760,7 +760,7 @@ def train_argv(tmp_path, out, *extra):
             "--group-size", "4", "--micro-batch", "3", "--gen-batch", "8", "--max-new-tokens", "12", "--lr", "1e-3",
             "--temperature", "1.0", "--device", "cpu", "--val-size", "0", "--threads", "1", *extra]
 
-def wait_for_metrics(out, n, p, timeout=240):
+def wait_for_metrics(out, n, p, timeout=600):
     deadline = time.time() + timeout
     while p.poll() is None and time.time() < deadline:
         if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= n:
@@ -777,14 +777,14 @@ def test_sigusr1_saves_the_step_in_progress_and_resume_is_bit_exact(tmp_path, to
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_metrics(out, 1, p)
     p.send_signal(signal.SIGUSR1)
-    _, err = p.communicate(timeout=90)
+    _, err = p.communicate(timeout=600)
     k = len((out / "metrics.jsonl").read_text().splitlines())
     assert p.returncode == tg.PREEMPTED == 75 and "Traceback" not in err and 1 <= k < steps
     assert (out / "latest").read_text() == f"step_{k:06d}" and (out / f"step_{k:06d}" / "trainer.pt").exists()
     assert f"stopped by SIGUSR1 (a scheduler's warning) after step {k}; last checkpoint: {out / f'step_{k:06d}'}" in err
     resume = err.split("resume with: ")[1].strip()
     assert resume.endswith("--resume") and "--steps 12" in resume
-    r = subprocess.run(shlex.split(resume), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(shlex.split(resume), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and f"resumed from {out / f'step_{k:06d}'} (step {k})" in r.stdout
     straight = run_main(tmp_path, tmp_path / "a", "--steps", str(steps), "--save-every", "0")
     resumed = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -806,7 +806,7 @@ def test_two_ranks_stop_after_the_same_step_on_sigusr1(tmp_path):
              "--steps", "1000", "--timeout", "0.5"]
     job = torch.multiprocessing.start_processes(main_on_a_rank, nprocs=2, join=False, start_method="fork",
                                                 args=(free_port(), small))
-    deadline = time.time() + 90
+    deadline = time.time() + 600
     while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
         assert time.time() < deadline
         time.sleep(0.05)
@@ -830,7 +830,7 @@ def test_one_writer_per_run_folder(tmp_path, tok, capsys, monkeypatch):
     try:
         wait_for_metrics(out, 1, p)
         r = subprocess.run(train_argv(tmp_path, out, "--steps", "3", "--resume"), capture_output=True, text=True,
-                           timeout=120)
+                           timeout=600)
         assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.strip() == (
             f"error: --out {out} is in use by another run (pid {p.pid} on {socket.gethostname()}): "
             "one run writes a folder at a time")
