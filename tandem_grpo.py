@@ -627,7 +627,7 @@ def main(args):
             if warned() or (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
                 save_checkpoint(out, step + 1, senior, tok, opt, args.keep)  # weights, AdamW, RNG: atomic (appendix)
                 stop_if_warned(out, step + 1)  # SIGUSR1, a scheduler's warning: exit 75 with the resume command
-    except KeyboardInterrupt:  # Ctrl-C: stop at once (no save), say where the run is and how to go on
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (no save), SIGUSR1 (saved): say where the run is and how to go on
         bar.close()
         stop_hint(out, step + 1)
     if args.demo:
@@ -1100,7 +1100,7 @@ def save_checkpoint(out, step, senior, tok, opt, keep=1):
     if not all(torch.isfinite(p).all() for p in senior.parameters()):
         raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
     final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
-    with room_or_stop(out, f"the step-{step} checkpoint", tmp):  # a full disk: one line, `latest` untouched
+    with room_or_stop(out, f"the step-{step} checkpoint", tmp, final):  # a full disk: one line, `latest` untouched
         shutil.rmtree(tmp, ignore_errors=True)
         senior.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -1245,7 +1245,7 @@ from contextlib import contextmanager
 PREEMPTED = 75
 WARNED = dict(signal=False, agreed=False)  # SIGUSR1 seen by this process / by some rank at the last warned()
 LOCK, WANDB, ROWS = None, None, []         # the lock's file descriptor; the wandb run (rank 0) and its table rows
-SLACK = 2**27  # bytes a checkpoint holds besides weights and AdamW: tokenizer, configs, headers (Qwen3: ~12 MB)
+SLACK = 2**27  # bytes counted for what a checkpoint holds besides weights and AdamW: tokenizer, configs, headers
 
 def start_run(out, args):
     global LOCK
@@ -1315,9 +1315,10 @@ def room_or_stop(out, what, *partial):
             s in str(e) for s in ("No space left", "quota", "StorageFull", "file write failed"))
         if not full:
             raise
-        for p in partial:
-            shutil.rmtree(p, ignore_errors=True)
         last = (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
+        for p in partial:
+            if p.name != last:  # a checkpoint renamed into place but not yet named by `latest` goes too
+                shutil.rmtree(p, ignore_errors=True)
         raise UserError(f"{out}: no space left to write {what}; removed what it wrote; the last checkpoint is "
                         f"still {last}: free some space, then resume") from None
 
@@ -1325,7 +1326,9 @@ def prune(out, keep):
     """Rank 0, after `latest` names a complete new checkpoint: all but the newest `keep` (0: none) lose their resume
     state (trainer.pt, optim/) and their weights are rewritten in bf16 for eval.py: 2 bytes a parameter instead of
     12. The bf16 copy is written beside the folder, fsynced, then swapped in."""
-    resumable = sorted(f.parent for f in out.glob("step_*/trainer.pt") if not f.parent.name.endswith(".tmp"))
+    last = (out / "latest").read_text().strip()
+    resumable = sorted(f.parent for f in out.glob("step_*/trainer.pt") if re.fullmatch(r"step_\d{6}", f.parent.name)
+                       and f.parent.name <= last)  # up to `latest`; the newest `keep` of them stay
     for folder in resumable[:-keep] if keep else []:
         (folder / "trainer.pt").unlink()
         shutil.rmtree(folder / "optim", ignore_errors=True)

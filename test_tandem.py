@@ -837,7 +837,8 @@ def test_one_writer_per_run_folder(tmp_path, tok, capsys, monkeypatch):
     finally:
         p.kill()
         p.wait()
-    assert [m["step"] for m in run_main(tmp_path, out, "--steps", "1", "--resume")] == [1]   # no stale lock
+    run_main(tmp_path, out, "--steps", "1", "--resume")     # the killed holder left no stale lock
+    assert (out / ".lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
     monkeypatch.setattr(tg.fcntl, "flock", no_locks)
