@@ -931,14 +931,19 @@ def test_wandb_logs_every_metric_offline_and_a_resumed_run_continues_it(tmp_path
         tg.WANDB = None
     runs = sorted((tmp_path / "wb" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 2                                     # the first run, then the same id resumed (its name)
-    logged = [wandb_records(f) for r in runs for f in r.glob("run-*.wandb")]
+    deadline = time.time() + 120
+    while True:                                               # the wandb service may still be writing the last one
+        logged = [wandb_records(f) for r in runs for f in r.glob("run-*.wandb")]
+        if all(any(x.WhichOneof("record_type") == "exit" for x in rs) for rs in logged) or time.time() > deadline:
+            break
+        time.sleep(0.5)
     history = {x.history.step.num: {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in x.history.item}
                for rs in logged for x in rs if x.WhichOneof("record_type") == "history"}
     assert sorted(history) == [1, 2, 3]
     for m in metrics:                                         # every metric of every step, as metrics.jsonl has it
         assert {k: history[m["step"]][k] for k in m} == m
     assert all(history[s]["rollouts/nrows"] == s for s in (1, 2)) and history[3]["rollouts/nrows"] == 1
-    config = [x.config for rs in logged for x in rs if x.WhichOneof("record_type") == "config"]
+    config = [x.run.config for rs in logged for x in rs if x.WhichOneof("record_type") == "run"]
     assert any(json.loads(i.value_json) == 2 for c in config for i in c.update if i.key == "prompts_per_step")
     table = json.loads(sorted((runs[1] / "files" / "media" / "table").glob("rollouts_*.json"))[-1].read_text())
     assert table["columns"] == ["step", "reward", "rollout"] and [r[0] for r in table["data"]] == [3]
