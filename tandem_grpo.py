@@ -1239,7 +1239,7 @@ def stop_hint(out, step):
 #   --wandb PROJECT (rank 0): every metrics.jsonl line and the shown rollouts (a table), the flags as config; the run
 #       id is kept in --out/wandb_id, so a resumed run continues the same wandb run. wandb takes only increasing
 #       steps: steps redone after a crash keep their first values there. Files go to --out/wandb (or $WANDB_DIR).
-import errno, fcntl, secrets, signal, socket
+import errno, fcntl, secrets, signal, socket, threading
 from contextlib import contextmanager
 
 PREEMPTED = 75
@@ -1251,8 +1251,9 @@ def start_run(out, args):
     global LOCK
     out.mkdir(parents=True, exist_ok=True)
     WARNED.update(signal=False, agreed=False)
-    signal.signal(signal.SIGUSR1, lambda *_: WARNED.update(signal=True))
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: KeyboardInterrupt
+    if threading.current_thread() is threading.main_thread():  # (lab/run.py --jobs 0 runs main() in threads)
+        signal.signal(signal.SIGUSR1, lambda *_: WARNED.update(signal=True))
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: KeyboardInterrupt
     if LOCK is not None:  # main() called again in this process (tests): let go of the last run's folder
         os.close(LOCK)
         LOCK = None
