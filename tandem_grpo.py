@@ -85,6 +85,7 @@ def get_args(argv=None):
       "scales the reward from the first token (not DAPO's additive penalty near the limit; 0: off, the paper)")
     a("--steps", type=int, default=200, help="training steps")
     a("--save-every", type=int, default=20, help="checkpoint every N steps (0: only at the end)")
+    a("--keep", type=int, default=1, help="newest checkpoints that keep float32 weights + AdamW (older: bf16) (0: all)")
     a("--val-size", type=int, default=None, help="problems held out of training to validate on, drawn as the authors "
       "do (None: min(1000, a tenth of the rows))")
     a("--val-every", type=int, default=20, help="solo accuracy on them every N steps and on the last step (0: never)")
@@ -92,6 +93,7 @@ def get_args(argv=None):
     a("--show-every", type=int, default=20, help="print one co-written rollout on the first step and every N (0: no)")
     a("--seed", type=int, default=0, help="seeds data order and sampling")
     a("--out", default="runs/trl", help="output folder: metrics.jsonl and checkpoints")
+    a("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (optional: pip install wandb)")
     a("--data", default=None, help="problems: a .jsonl, .json or .parquet file, or hf://datasets/OWNER/NAME/FILE")
     a("--resume", action="store_true", help="continue from the latest checkpoint in --out (or start if none)")
     a("--demo", action="store_true", help="run the bundled CPU demo (tiny model, toy arithmetic)")
@@ -576,6 +578,7 @@ def main(args):
     random.seed(args.seed)
     tok = load_tokenizer(args.model)
     same_vocabulary(tok, args.model, args.junior)  # token ids pass unchanged between the two models (appendix)
+    start_run(out, args)  # one writer (a lock), room for a checkpoint, SIGUSR1 and SIGTERM, --wandb (appendix)
     held = heldout_rows(problems, args.val_size, out)  # the authors' draw, before the length filter (appendix)
     n_long = len(problems)
     problems = [p for p in problems if len(prompt_ids(tok, p["problem"])) <= args.max_prompt_tokens]
@@ -598,7 +601,7 @@ def main(args):
         test = load_problems(DEMO_DIR / "test.jsonl")
         before = split_accuracy(senior, tok, test, max_new_tokens=args.max_new_tokens)
     start = load_checkpoint(out, senior, opt)  # weights, AdamW and RNG states of `latest`, if any (appendix)
-    start_run(out, args)  # the folder, and args.json: the settings a --resume must keep (appendix)
+    store_settings(out, args)  # args.json: the settings a --resume must keep (appendix)
     if args.resume and rank() == 0:  # forget what was logged after the checkpoint: those steps are redone
         if not start:
             print(f"--resume: no checkpoint in {out} yet, starting from step 0")
@@ -623,19 +626,17 @@ def main(args):
                 m["val_solo"] = split_accuracy(senior, tok, val, temperature=0.6, top_p=0.95, top_k=0,  # the authors'
                                                batch=args.gen_batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
             m.update(gen_s=t_gen, step_s=time.time() - t_step)
-            if rank() == 0:  # one log (its numbers are already over all ranks)
-                log.write(json.dumps(m) + "\n")
-                log.flush()
-                os.fsync(log.fileno())
+            write_metrics(log, m)  # rank 0 (the numbers are over all ranks): metrics.jsonl, fsynced; --wandb
             bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['resp_len']:.0f}",
                             **({"val": f"{m['val_solo']:.3f}"} if "val_solo" in m else {}))
             if args.log_every and (step + 1) % args.log_every == 0:
                 tqdm.write(log_line(m, args.steps))
             if args.show_every and (step == start or (step + 1) % args.show_every == 0):
-                tqdm.write(show_rollout(tok, batch[0], rollouts[0], color))
-            if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
-                save_checkpoint(out, step + 1, senior, tok, opt)  # weights, AdamW, RNG states: atomic (appendix)
-    except KeyboardInterrupt:  # Ctrl-C: stop at once (no save), say where the run is and how to go on
+                tqdm.write(logged_rollout(step + 1, tok, batch[0], rollouts[0], color))  # --wandb: a table row too
+            if warned() or (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
+                save_checkpoint(out, step + 1, senior, tok, opt, args.keep)  # weights, AdamW, RNG: atomic (appendix)
+                stop_if_warned(out, step + 1)  # SIGUSR1, a scheduler's warning: exit 75 with the resume command
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (no save), SIGUSR1 (saved): say where the run is and how to go on
         bar.close()
         stop_hint(out, step + 1)
     if args.demo:
@@ -968,7 +969,7 @@ def sharded_rows(args, n, root, layer, junior_rollout, junior_update):
             ("junior weights, bf16" + (f" (1/{N} in updates)" if args.shard_junior else ""),
              2 * n * junior_rollout, junior_update)]
 
-def save_checkpoint_ranks(out, step, senior, tok, opt):
+def save_checkpoint_ranks(out, step, senior, tok, opt, keep=1):
     """save_checkpoint on N ranks, the same folder: rank 0 writes the whole weights (gathered to its CPU), the
     tokenizer and trainer.pt (step, rank 0's random state); every rank writes its part of AdamW's state to optim/
     with torch.distributed.checkpoint, which any number of ranks (one included) reads back."""
@@ -978,12 +979,13 @@ def save_checkpoint_ranks(out, step, senior, tok, opt):
         raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
     final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
     if rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        senior.save_pretrained(tmp, state_dict=full)
-        tok.save_pretrained(tmp)
-        rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
-                   cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        torch.save(dict(step=step, optimizer=None, rng=rng), tmp / "trainer.pt")  # AdamW: in optim/
+        with room_or_stop(out, f"the step-{step} checkpoint", tmp):  # a full disk: one line (the others then stop)
+            shutil.rmtree(tmp, ignore_errors=True)
+            senior.save_pretrained(tmp, state_dict=full)
+            tok.save_pretrained(tmp)
+            rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                       cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+            torch.save(dict(step=step, optimizer=None, rng=rng), tmp / "trainer.pt")  # AdamW: in optim/
     dist.barrier()
     dcp.save(get_optimizer_state_dict(senior, opt), checkpoint_id=tmp / "optim")  # fsynced by its writer
     dist.barrier()
@@ -993,9 +995,7 @@ def save_checkpoint_ranks(out, step, senior, tok, opt):
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         write_atomic(out / "latest", final.name)
-        for old in [*out.glob("step_*/trainer.pt"), *out.glob("step_*/optim")]:  # only the newest keeps AdamW
-            if old.parent != final:
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        prune(out, keep)  # only the newest `keep` checkpoints keep AdamW (appendix: checkpoints)
     dist.barrier()
     update_mode([senior], False)  # taking the state dicts resharded the senior: gather it again for rollouts
 
@@ -1154,26 +1154,25 @@ def say_text_golds(path, problems):
 # Appendix: checkpoints and plumbing (files that survive a crash, one-line errors, --help; not the method)
 # A checkpoint is written to a temporary folder, fsynced, then renamed into place (atomic); `latest` names the newest.
 
-def save_checkpoint(out, step, senior, tok, opt):
+def save_checkpoint(out, step, senior, tok, opt, keep=1):
     if world() > 1:  # torchrun: the same folder, written by all ranks together (appendix)
-        return save_checkpoint_ranks(out, step, senior, tok, opt)
+        return save_checkpoint_ranks(out, step, senior, tok, opt, keep)
     if not all(torch.isfinite(p).all() for p in senior.parameters()):
         raise UserError(f"step {step}: the senior has non-finite weights; not writing a checkpoint")
     final, tmp = out / f"step_{step:06d}", out / f"step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    senior.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
-               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    torch.save(dict(step=step, optimizer=opt.state_dict(), rng=rng), tmp / "trainer.pt")
-    for f in [*tmp.iterdir(), tmp]:
-        fsync(f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_atomic(out / "latest", final.name)
-    for old in out.glob("step_*/trainer.pt"):  # only the newest checkpoint keeps the (large) optimizer state
-        if old.parent != final:
-            old.unlink()
+    with room_or_stop(out, f"the step-{step} checkpoint", tmp, final):  # a full disk: one line, `latest` untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        senior.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                   cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        torch.save(dict(step=step, optimizer=opt.state_dict(), rng=rng), tmp / "trainer.pt")
+        for f in [*tmp.iterdir(), tmp]:
+            fsync(f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        write_atomic(out / "latest", final.name)
+    prune(out, keep)  # only the newest `keep` checkpoints keep their resume state; older ones become bf16 weights
 
 def load_checkpoint(out, senior, opt):
     """Restore the newest checkpoint in `out` (weights, AdamW state, RNG states) -> its step; 0 when there is none."""
@@ -1240,7 +1239,7 @@ def check_out(args):
                         f"values, or start a new --out")
     return out
 
-def start_run(out, args):
+def store_settings(out, args):
     """Create --out; a run that starts (no checkpoint to continue, or one from an older version without args.json)
     stores its settings in OUT/args.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -1282,7 +1281,7 @@ def check_args(p, args):
                 "prompts_per_step", "mini_batch_prompts", "micro_batch", "gen_batch", "steps", "max_new_tokens",
                 "max_prompt_tokens", "nproc")],
             *[(n.replace("_", "-"), getattr(args, n) >= 0, ">= 0") for n in (
-                "save_every", "val_every", "log_every", "show_every", "threads")],
+                "save_every", "keep", "val_every", "log_every", "show_every", "threads")],
             ("val-size", args.val_size is None or args.val_size >= 0, ">= 0")]:
         if not ok:
             p.error(f"--{name} must be {rule}, got {getattr(args, name.replace('-', '_'))}")
@@ -1345,13 +1344,188 @@ def load_tokenizer(path):
         raise not_found(path, e) from None
 
 def stop_hint(out, step):
-    """After Ctrl-C: the step reached, the last checkpoint and the command that resumes; exit code 130."""
+    """After Ctrl-C or SIGTERM: the step reached, the last checkpoint and the command that resumes; exit code 130.
+    After SIGUSR1 (stop_if_warned): the step just saved; exit code 75."""
+    why, code = ("stopped by SIGUSR1 (a scheduler's warning) after step", PREEMPTED) if WARNED["agreed"] else (
+        "interrupted during step", 130)
     last = out / (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
     argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
     if rank() == 0:  # N ranks: one hint (the command resumes on one process; under torchrun, on any number)
-        print(f"\ninterrupted during step {step}; last checkpoint: {last}\n"
+        print(f"\n{why} {step}; last checkpoint: {last}\n"
               f"resume with: {shlex.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
-    sys.exit(130)
+    sys.exit(code)
+
+# --- long runs on a shared cluster: one writer, disk, preemption, --wandb ----------------------------------------
+# start_run() runs once, after the data is checked and before any model loads:
+#   one writer: rank 0 holds an exclusive flock on --out/.lock for the whole run (the kernel releases it when the
+#       process dies, so a crash leaves no stale lock); a second process on the folder is refused, naming the holder.
+#       Only rank 0: flock locks one open file, so ranks on one node would lock each other out; the other ranks
+#       write only inside rank 0's checkpoint folders, after a barrier rank 0 must reach.
+#   disk: a checkpoint that can resume holds float32 weights and AdamW's two moments, 12 bytes a parameter; one kept
+#       only for evaluation (older than the newest --keep) holds bf16 weights, 2 bytes a parameter. The first save
+#       must fit in the free space of --out, or the run is refused; a run whose later saves would not fit is told.
+#   signals: SIGUSR1 (SLURM's --signal=USR1@600 sends it 600 s before the time limit) lets the step in progress end,
+#       writes a checkpoint and exits with PREEMPTED (75, sysexits' "temporary failure": a batch script requeues on
+#       it); warned() sums the flag over the ranks every step, so all ranks stop after the same step. SIGTERM, what a
+#       scheduler sends when it stops a job, is Ctrl-C: stop at once and name the last checkpoint (exit 130).
+#   --wandb PROJECT (rank 0): every metrics.jsonl line and the shown rollouts (a table), the flags as config; the run
+#       id is kept in --out/wandb_id, so a resumed run continues the same wandb run. wandb takes only increasing
+#       steps: steps redone after a crash keep their first values there. Files go to --out/wandb (or $WANDB_DIR).
+import errno, fcntl, secrets, signal, socket, threading
+from contextlib import contextmanager
+
+PREEMPTED = 75
+WARNED = dict(signal=False, agreed=False)  # SIGUSR1 seen by this process / by some rank at the last warned()
+LOCK, WANDB, ROWS = None, None, []         # the lock's file descriptor; the wandb run (rank 0) and its table rows
+SLACK = 2**27  # bytes counted for what a checkpoint holds besides weights and AdamW: tokenizer, configs, headers
+
+def start_run(out, args):
+    global LOCK
+    out.mkdir(parents=True, exist_ok=True)
+    WARNED.update(signal=False, agreed=False)
+    if threading.current_thread() is threading.main_thread():  # (lab/run.py --jobs 0 runs main() in threads)
+        signal.signal(signal.SIGUSR1, lambda *_: WARNED.update(signal=True))
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: KeyboardInterrupt
+    if LOCK is not None:  # main() called again in this process (tests): let go of the last run's folder
+        os.close(LOCK)
+        LOCK = None
+    if rank() == 0:
+        LOCK = lock_folder(out)
+        check_disk(out, args)
+        start_wandb(out, args)
+
+def lock_folder(out):
+    """-> the descriptor of --out/.lock, locked; a second process is refused with the holder written in it."""
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that has not written its name"
+        os.close(fd)
+        raise UserError(f"--out {out} is in use by another run ({holder}): one run writes a folder at a time") from None
+    except OSError as e:  # a file system without flock (Lustre mounted without -o flock): run, but unguarded
+        os.close(fd)
+        print(f"note: {out} does not support file locks ({e.strerror}): a second run there would not be refused")
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+def checkpoint_bytes(model):
+    """-> (resume, eval_only): the bytes of a checkpoint that can resume (float32 weights and AdamW, 12 bytes a
+    parameter) and of one kept for evaluation (bf16 weights, 2 bytes a parameter), from the model's config alone."""
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except OSError as e:
+        raise not_found(model, e) from None
+    with torch.device("meta"):  # shapes only, no memory: counts a tied embedding once, as the files do
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    return 12 * n + SLACK, 2 * n + SLACK
+
+def check_disk(out, args):
+    """Refuse a run whose first checkpoint cannot fit on --out; tell one whose later checkpoints would not."""
+    start = int((out / "latest").read_text().strip()[5:]) if args.resume and (out / "latest").exists() else 0
+    saves = sum(1 for s in range(start + 1, args.steps + 1)
+                if (args.save_every and s % args.save_every == 0) or s == args.steps)
+    resume, eval_only = checkpoint_bytes(args.model)
+    kept = min(saves, args.keep + 1) if args.keep else saves  # a new checkpoint is complete before an old one goes
+    peak, free = kept * resume + (saves - kept) * eval_only, shutil.disk_usage(out).free
+    if saves and free < resume:
+        raise UserError(f"--out {out}: {free / 1e9:.1f} GB free, the first checkpoint needs {resume / 1e9:.1f} GB "
+                        "(float32 weights and AdamW: 12 bytes a parameter)")
+    if free < peak:
+        print(f"note: this run's {saves} checkpoints need up to {peak / 1e9:.1f} GB (--keep {args.keep}), "
+              f"{free / 1e9:.1f} GB are free on {out}")
+
+@contextmanager
+def room_or_stop(out, what, *partial):
+    """A write that finds the disk (or the quota) full removes its partial files and stops with one line. Nothing
+    older is touched: `latest` and the checkpoint it names stay as they were."""
+    try:
+        yield
+    except Exception as e:  # torch.save says "file write failed", safetensors "StorageFull": not always an OSError
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+            s in str(e) for s in ("No space left", "quota", "StorageFull", "file write failed"))
+        if not full:
+            raise
+        last = (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
+        for p in partial:
+            if p.name != last:  # a checkpoint renamed into place but not yet named by `latest` goes too
+                shutil.rmtree(p, ignore_errors=True)
+        raise UserError(f"{out}: no space left to write {what}; removed what it wrote; the last checkpoint is "
+                        f"still {last}: free some space, then resume") from None
+
+def prune(out, keep):
+    """Rank 0, after `latest` names a complete new checkpoint: all but the newest `keep` (0: none) lose their resume
+    state (trainer.pt, optim/) and their weights are rewritten in bf16 for eval.py: 2 bytes a parameter instead of
+    12. The bf16 copy is written beside the folder, fsynced, then swapped in."""
+    last = (out / "latest").read_text().strip()
+    resumable = sorted(f.parent for f in out.glob("step_*/trainer.pt") if re.fullmatch(r"step_\d{6}", f.parent.name)
+                       and f.parent.name <= last)  # up to `latest`; the newest `keep` of them stay
+    for folder in resumable[:-keep] if keep else []:
+        (folder / "trainer.pt").unlink()
+        shutil.rmtree(folder / "optim", ignore_errors=True)
+        tmp, gone = folder.with_name(folder.name + ".bf16.tmp"), folder.with_name(folder.name + ".float32.old")
+        with room_or_stop(out, f"the bf16 weights of {folder.name}", tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(tmp)
+            for f in folder.iterdir():  # tokenizer files (the weights' files all start with "model")
+                if not f.name.startswith("model") and not (tmp / f.name).exists():
+                    shutil.copy2(f, tmp)
+            for f in [*tmp.iterdir(), tmp]:
+                fsync(f)
+        os.replace(folder, gone)
+        os.replace(tmp, folder)
+        shutil.rmtree(gone)
+
+def warned():
+    """True on every rank once any rank has had SIGUSR1 (one all-reduce a step under torchrun)."""
+    WARNED["agreed"] = all_sum(float(WARNED["signal"])) > 0
+    return WARNED["agreed"]
+
+def stop_if_warned(out, step):
+    """After the checkpoint of the step in which SIGUSR1 came: stop as Ctrl-C does (the loop's `except`), but
+    stop_hint then names the step saved and exits PREEMPTED."""
+    if WARNED["agreed"]:
+        if WANDB is not None:
+            WANDB.mark_preempting()  # shown as preempted, not failed
+        raise KeyboardInterrupt
+
+def start_wandb(out, args):
+    global WANDB
+    if WANDB is not None:  # main() called again in this process (tests)
+        WANDB.finish()
+        WANDB = None
+    ROWS.clear()
+    if not args.wandb:
+        return
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("--wandb needs the wandb package: pip install wandb") from None
+    run_id = (out / "wandb_id").read_text().strip() if (out / "wandb_id").exists() else secrets.token_hex(4)
+    write_atomic(out / "wandb_id", run_id)
+    WANDB = wandb.init(project=args.wandb, id=run_id, resume="allow", name=out.name, config=vars(args),
+                       dir=os.environ.get("WANDB_DIR", out))
+
+def write_metrics(log, m):
+    """Rank 0: the step's metrics as one JSON line, on the disk (fsync) before the next step; to --wandb too."""
+    if rank() > 0:
+        return
+    with room_or_stop(Path(log.name).parent, f"metrics.jsonl (step {m['step']})"):
+        log.write(json.dumps(m) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+    if WANDB is not None:
+        WANDB.log(m, step=m["step"])
+
+def logged_rollout(step, tok, problem, r, color):
+    """show_rollout's text; with --wandb also a row of the `rollouts` table (the junior's text in [[brackets]])."""
+    if WANDB is not None:
+        import wandb
+        ROWS.append([step, r["reward"], show_rollout(tok, problem, r, color=False)])
+        WANDB.log({"rollouts": wandb.Table(columns=["step", "reward", "rollout"], data=ROWS)}, step=step)
+    return show_rollout(tok, problem, r, color)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Appendix: the answer checker behind reward() (read it last; the training story above does not depend on it)
@@ -2014,6 +2188,9 @@ if __name__ == "__main__":
         main(get_args())
     except UserError as e:  # something the user can fix: one line, no traceback (bugs keep theirs)
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the steps (loading, the demo's last accuracy)
+        print("interrupted (no step was running)", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:  # N ranks: name the rank that failed first
         rank_failed(e)
         raise

@@ -1,7 +1,8 @@
 """Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
 memory, hand-computed numbers. Grouped by the section of tandem_grpo.py each test checks, in the file's order
 (the story, then its appendices), then eval.py. Run: python -m pytest -q test_tandem.py"""
-import contextlib, copy, io, json, math, os, runpy, signal, socket, subprocess, sys, tempfile, threading, time
+import contextlib, copy, errno, io, json, math, os, runpy, shlex, signal, socket, subprocess, sys, tempfile, threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -995,7 +996,8 @@ def test_first_hour_mistakes_are_one_line_before_anything_is_written(tmp_path, c
     assert r.returncode == 1 and r.stderr == f"error: {line}\n" and r.stdout == ""
     assert not out.exists()
 
-def test_ctrl_c_stops_with_a_resume_hint(tmp_path, tok):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])   # Ctrl-C, and what a scheduler sends to stop
+def test_ctrl_c_stops_with_a_resume_hint(tmp_path, tok, sig):
     write_run_files(tmp_path, tok)
     out = tmp_path / "o"
     p = subprocess.Popen([sys.executable, str(Path(tg.__file__)), "--model", str(tmp_path / "model"), "--data",
@@ -1006,10 +1008,214 @@ def test_ctrl_c_stops_with_a_resume_hint(tmp_path, tok):
     deadline = time.time() + 90
     while not (out / "latest").exists() and time.time() < deadline:
         time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err
     assert "last checkpoint: " + str(out / "step_") in err and "resume with: " in err and "--resume" in err
+
+# --- long runs on a shared cluster (the checkpoint appendix): SIGUSR1, one writer, disk, --keep, a full disk, --wandb
+
+def train_argv(tmp_path, out, *extra):
+    """run_main's command line, for a subprocess."""
+    return [sys.executable, str(Path(tg.__file__)), "--model", str(tmp_path / "model"), "--data",
+            str(tmp_path / "d.jsonl"), "--out", str(out), "--prompts-per-step", "2", "--mini-batch-prompts", "1",
+            "--group-size", "4", "--micro-batch", "3", "--gen-batch", "8", "--max-new-tokens", "12", "--lr", "1e-3",
+            "--temperature", "1.0", "--device", "cpu", "--val-size", "0", "--threads", "1", *extra]
+
+def wait_for_metrics(out, n, p, timeout=600):
+    deadline = time.time() + timeout
+    while p.poll() is None and time.time() < deadline:
+        if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} metrics lines in {out}")
+
+def test_sigusr1_saves_the_step_in_progress_and_resume_is_bit_exact(tmp_path, tok):
+    """SIGUSR1 (SLURM's warning) arrives during step 2 or later: that step ends, its checkpoint is written, the
+    process exits 75 with the resume command; resuming gives the uninterrupted run's weights and metrics exactly."""
+    write_run_files(tmp_path, tok)
+    out, steps = tmp_path / "o", 12
+    p = subprocess.Popen(train_argv(tmp_path, out, "--steps", str(steps), "--save-every", "0", "--log-every", "0"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_metrics(out, 1, p)
+    p.send_signal(signal.SIGUSR1)
+    _, err = p.communicate(timeout=600)
+    k = len((out / "metrics.jsonl").read_text().splitlines())
+    assert p.returncode == tg.PREEMPTED == 75 and "Traceback" not in err and 1 <= k < steps
+    assert (out / "latest").read_text() == f"step_{k:06d}" and (out / f"step_{k:06d}" / "trainer.pt").exists()
+    assert f"stopped by SIGUSR1 (a scheduler's warning) after step {k}; last checkpoint: {out / f'step_{k:06d}'}" in err
+    resume = err.split("resume with: ")[1].strip()
+    assert resume.endswith("--resume") and "--steps 12" in resume
+    r = subprocess.run(shlex.split(resume), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and f"resumed from {out / f'step_{k:06d}'} (step {k})" in r.stdout
+    straight = run_main(tmp_path, tmp_path / "a", "--steps", str(steps), "--save-every", "0")
+    resumed = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda ms: [{x: v for x, v in m.items() if x not in ("gen_s", "step_s")} for m in ms]
+    assert strip(resumed) == strip(straight) and len(resumed) == steps
+    wa = torch.load(tmp_path / "a" / f"step_{steps:06d}" / "trainer.pt", weights_only=False)
+    wb = torch.load(out / f"step_{steps:06d}" / "trainer.pt", weights_only=False)
+    assert all(torch.equal(wa["optimizer"]["state"][i][x], wb["optimizer"]["state"][i][x])
+               for i in wa["optimizer"]["state"] for x in ("exp_avg", "exp_avg_sq"))
+    ma = Qwen3ForCausalLM.from_pretrained(tmp_path / "a" / f"step_{steps:06d}").state_dict()
+    mb = Qwen3ForCausalLM.from_pretrained(out / f"step_{steps:06d}").state_dict()
+    assert all(torch.equal(ma[x], mb[x]) for x in ma)
+
+def test_two_ranks_stop_after_the_same_step_on_sigusr1(tmp_path):
+    """Only rank 1 gets SIGUSR1: warned() sums the flag each step, so both ranks save the same step and exit 75."""
+    out = tmp_path / "o"
+    small = ["--demo", "--out", str(out), "--prompts-per-step", "2", "--mini-batch-prompts", "2", "--group-size", "4",
+             "--max-new-tokens", "8", "--val-size", "0", "--save-every", "0", "--log-every", "0", "--show-every", "0",
+             "--steps", "1000", "--timeout", "0.5"]
+    job = torch.multiprocessing.start_processes(main_on_a_rank, nprocs=2, join=False, start_method="fork",
+                                                args=(free_port(), small))
+    deadline = time.time() + 600
+    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(job.pids()[1], signal.SIGUSR1)
+    with pytest.raises(ProcessException):
+        while not job.join():
+            pass
+    for p in job.processes:
+        p.join(30)
+    assert [p.exitcode for p in job.processes] == [75, 75]
+    k = len((out / "metrics.jsonl").read_text().splitlines())
+    assert k < 1000 and (out / "latest").read_text() == f"step_{k:06d}"
+    assert (out / f"step_{k:06d}" / "optim").is_dir() and not list(out.glob("*.tmp"))
+
+def test_one_writer_per_run_folder(tmp_path, tok, capsys, monkeypatch):
+    """A second process on a folder in use is refused, naming the holder; the lock goes with a killed holder."""
+    write_run_files(tmp_path, tok)
+    out = tmp_path / "o"
+    p = subprocess.Popen(train_argv(tmp_path, out, "--steps", "100000", "--log-every", "0"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_metrics(out, 1, p)
+        r = subprocess.run(train_argv(tmp_path, out, "--steps", "3", "--resume"), capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.strip() == (
+            f"error: --out {out} is in use by another run (pid {p.pid} on {socket.gethostname()}): "
+            "one run writes a folder at a time")
+    finally:
+        p.kill()
+        p.wait()
+    run_main(tmp_path, out, "--steps", "1", "--resume")     # the killed holder left no stale lock
+    assert (out / ".lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(tg.fcntl, "flock", no_locks)
+    capsys.readouterr()
+    run_main(tmp_path, tmp_path / "n", "--steps", "1")
+    assert f"note: {tmp_path / 'n'} does not support file locks (No locks available)" in capsys.readouterr().out
+
+def test_disk_check_counts_12_bytes_a_parameter_and_keep_leaves_older_checkpoints_in_bf16(tmp_path, tok, capsys,
+                                                                                         monkeypatch):
+    write_run_files(tmp_path, tok)
+    n = sum(p.numel() for p in tiny_model(tok).parameters())
+    assert tg.checkpoint_bytes(tmp_path / "model") == (12 * n + tg.SLACK, 2 * n + tg.SLACK)
+    run_main(tmp_path, tmp_path / "all", "--steps", "3", "--save-every", "1", "--keep", "0")
+    run_main(tmp_path, tmp_path / "k", "--steps", "3", "--save-every", "1", "--keep", "2")
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    weights = lambda d: Qwen3ForCausalLM.from_pretrained(d, dtype=torch.float32).state_dict()
+    for name, keeps in (("all", [1, 2, 3]), ("k", [2, 3])):
+        assert sorted(int(f.parent.name[5:]) for f in (tmp_path / name).glob("step_*/trainer.pt")) == keeps
+    k = tmp_path / "k"
+    assert 12 * n < size(k / "step_000003") < 12 * n + 2**20            # float32 weights and AdamW (+ tokenizer)
+    assert 2 * n < size(k / "step_000001") < 2 * n + 2**20              # bf16 weights only (+ tokenizer)
+    assert json.loads((k / "step_000001" / "config.json").read_text())["dtype"] == "bfloat16"
+    old, kept = weights(k / "step_000001"), weights(tmp_path / "all" / "step_000001")
+    assert all(torch.equal(old[x], kept[x].to(torch.bfloat16).float()) for x in kept)   # rounded, nothing else
+    assert not list(k.glob("*.tmp")) and not list(k.glob("*.old"))
+    assert ev.load_model(str(k / "step_000001"), torch.device("cpu"), torch.float32, trainable=False)  # eval.py
+    free = lambda b: lambda path: SimpleNamespace(free=b)
+    monkeypatch.setattr(tg.shutil, "disk_usage", free(12 * n + tg.SLACK - 1))
+    with pytest.raises(tg.UserError, match=r"GB free, the first checkpoint needs 0\.\d GB \(float32 weights and "
+                                           r"AdamW: 12 bytes a parameter\)"):
+        run_main(tmp_path, tmp_path / "small", "--steps", "3")
+    assert not (tmp_path / "small" / "metrics.jsonl").exists()
+    monkeypatch.setattr(tg.shutil, "disk_usage", free(2 * (12 * n + tg.SLACK)))   # two saves, --keep 1: 2 x 12n + 2n
+    capsys.readouterr()
+    run_main(tmp_path, tmp_path / "tight", "--steps", "3", "--save-every", "1")
+    assert f"note: this run's 3 checkpoints need up to {(2 * 12 * n + 2 * n + 3 * tg.SLACK) / 1e9:.1f} GB (--keep 1)" \
+        in capsys.readouterr().out
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")])
+def test_a_full_disk_keeps_latest_and_the_previous_checkpoint(tmp_path, tok, monkeypatch, error):
+    write_run_files(tmp_path, tok)
+    out, save = tmp_path / "o", torch.save
+    def full_at_step_2(obj, f, *a, **k):
+        if "step_000002" in str(f):
+            Path(f).write_bytes(b"partial")
+            raise error
+        return save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", full_at_step_2)
+    with pytest.raises(tg.UserError) as e:
+        run_main(tmp_path, out, "--steps", "3", "--save-every", "1")
+    assert str(e.value) == (f"{out}: no space left to write the step-2 checkpoint; removed what it wrote; the last "
+                            "checkpoint is still step_000001: free some space, then resume")
+    assert (out / "latest").read_text() == "step_000001" and not list(out.glob("step_000002*"))
+    assert torch.load(out / "step_000001" / "trainer.pt", weights_only=False)["step"] == 1
+    monkeypatch.setattr(torch, "save", save)
+    assert [m["step"] for m in run_main(tmp_path, out, "--steps", "3", "--save-every", "1", "--resume")] == [1, 2, 3]
+
+def wandb_records(path):
+    """The records of an offline wandb run file (a log of 32 KiB blocks; each piece of a record has a 7-byte header:
+    checksum, length, type 1 full / 2 first / 3 middle / 4 last)."""
+    from wandb.proto import wandb_internal_pb2
+    data, out, buf, pos = path.read_bytes(), [], b"", 7                   # after the file's 7-byte header
+    while pos + 7 <= len(data):
+        if 32768 - (pos - 7) % 32768 < 7:                                # a block's tail too short for a header
+            pos += 32768 - (pos - 7) % 32768
+            continue
+        n, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):
+            out.append(wandb_internal_pb2.Record.FromString(buf))
+            buf = b""
+    return out
+
+def test_wandb_logs_every_metric_offline_and_a_resumed_run_continues_it(tmp_path, tok, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    write_run_files(tmp_path, tok)
+    out = tmp_path / "o"
+    try:
+        run_main(tmp_path, out, "--steps", "2", "--save-every", "1", "--show-every", "1", "--wandb", "proj")
+        run_id = (out / "wandb_id").read_text()
+        assert len(run_id) == 8
+        metrics = run_main(tmp_path, out, "--steps", "3", "--save-every", "1", "--show-every", "1", "--wandb", "proj",
+                           "--resume")
+        tg.WANDB.finish()
+    finally:
+        tg.WANDB = None
+    runs = sorted((tmp_path / "wb" / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 2                                     # the first run, then the same id resumed (its name)
+    deadline = time.time() + 120
+    while True:                                               # the wandb service may still be writing the last one
+        logged = [wandb_records(f) for r in runs for f in r.glob("run-*.wandb")]
+        if all(any(x.WhichOneof("record_type") == "exit" for x in rs) for rs in logged) or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    history = {x.history.step.num: {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in x.history.item}
+               for rs in logged for x in rs if x.WhichOneof("record_type") == "history"}
+    assert sorted(history) == [1, 2, 3]
+    for m in metrics:                                         # every metric of every step, as metrics.jsonl has it
+        assert {k: history[m["step"]][k] for k in m} == m
+    assert all(history[s]["rollouts/nrows"] == s for s in (1, 2)) and history[3]["rollouts/nrows"] == 1
+    config = [x.run.config for rs in logged for x in rs if x.WhichOneof("record_type") == "run"]
+    assert any(json.loads(i.value_json) == 2 for c in config for i in c.update if i.key == "prompts_per_step")
+    table = json.loads(sorted((runs[1] / "files" / "media" / "table").glob("rollouts_*.json"))[-1].read_text())
+    assert table["columns"] == ["step", "reward", "rollout"] and [r[0] for r in table["data"]] == [3]
+    assert "--- problem: What is" in table["data"][0][2]
+
+def test_wandb_without_the_package_is_one_line(tmp_path, tok, monkeypatch):
+    write_run_files(tmp_path, tok)
+    monkeypatch.setitem(sys.modules, "wandb", None)          # import wandb raises ImportError
+    with pytest.raises(tg.UserError, match=r"^--wandb needs the wandb package: pip install wandb$"):
+        run_main(tmp_path, tmp_path / "o", "--steps", "1", "--wandb", "proj")
 
 # ------------------------------------------------------------------------------------------------------------------
 # appendix: GPU memory (who holds the junior, per phase)
