@@ -446,11 +446,15 @@ def test_step_schedule_alternates_at_blank_lines(tok, senior, junior):
 @pytest.fixture(scope="module")
 def split_tok():
     """Like `tok`, but every newline is its own pre-token: a blank line is always two 'Ċ' tokens (as in SmolLM2)."""
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.Sequence([
+    return bpe_tok(pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"[\r\n]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|[^\S\r\n]+"),
                              behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))
+
+def bpe_tok(pre_tokenizer):
+    """A 400-id byte-level BPE trained on CORPUS with the given pre-tokenizer, ChatML template."""
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizer
     t.decoder = decoders.ByteLevel()
     t.train_from_iterator(CORPUS, trainers.BpeTrainer(
         vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
@@ -2306,15 +2310,7 @@ def test_budget():
 def merged_tok():
     """BPE without a pre-split: merges cross blank lines, so one token can hold a blank line and more text
     ('isĠ6.ĊĊTheĠanswerĠ'), and a text re-tokenizes into other ids than the ones sampled ('.', 'Ċ', 'Ċ' -> '.ĊĊ')."""
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    t.decoder = decoders.ByteLevel()
-    t.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tk = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tk.chat_template = CHATML
-    return tk
+    return bpe_tok(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
 
 class Reads(Counting):
     """Wraps a model's body to record the ids of every prefill (a forward over more than one position)."""
