@@ -1,8 +1,8 @@
 """Tests for tandem_grpo.py and eval.py: tiny models built from config, a tiny byte-level BPE tokenizer trained in
 memory, hand-computed numbers. Grouped by the section of tandem_grpo.py each test checks, in the file's order
 (the story, then its appendices), then eval.py. Run: python -m pytest -q test_tandem.py"""
-import contextlib, copy, errno, io, json, math, os, runpy, shlex, signal, socket, subprocess, sys, tempfile, threading
-import time
+import contextlib, copy, errno, gc, io, json, math, os, runpy, shlex, signal, socket, subprocess, sys, tempfile
+import threading, time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -2104,6 +2104,31 @@ def test_pathological_inputs_return_fast(completion, gold):
     r = tg.reward(completion, gold)
     assert r in (0.0, 1.0)
     assert time.monotonic() - t < 2.0
+
+
+def test_a_stalled_machine_costs_no_reward(monkeypatch):
+    # the budget is the thread's CPU time: a wall clock that leaps 10 s at every read (a loaded CI machine, a GC
+    # pause in another thread, a suspended process) leaves a right answer right; CPU spent in the check still counts
+    wall = iter(range(0, 10**9, 10))
+    monkeypatch.setattr(tg.time, "monotonic", lambda: float(next(wall)))
+    assert tg.reward(r"\boxed{\ln 4}", "2\\ln 2") == 1.0
+    # nor does the garbage collector: a full pass over a big process's heap (here 50 ms of CPU at every allocation
+    # of a few objects) is held off while the check runs, and switched back on after it
+    def slow_pass(phase, info):
+        t = time.thread_time()
+        while phase == "start" and time.thread_time() - t < 0.05:
+            pass
+    threshold = gc.get_threshold()
+    gc.callbacks.append(slow_pass)
+    try:
+        gc.set_threshold(5)
+        assert tg.reward(r"\boxed{\ln 4}", "2\\ln 2") == 1.0
+        assert gc.isenabled()
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(slow_pass)
+    monkeypatch.setattr(tg, "TIME_BUDGET", -1.0)  # a spent budget: even a right answer is "out of time", 0
+    assert tg.reward(r"\boxed{\ln 4}", "2\\ln 2") == 0.0
 
 
 def test_worker_thread():
