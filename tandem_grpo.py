@@ -1610,6 +1610,8 @@ _RULES = [(re.compile(p), r) for p, r in [
     (r"\*\*", "^"),                                               # Python's power: 3*s**2
     (r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])|\\(?:display|text)style", ""),
     (r"\\[dtc]frac", r"\\frac"),
+    (r"\\[dt]binom(?![a-zA-Z])", r"\\binom"),                     # \dbinom, \tbinom
+    (r"\{([^{}]+?)\\choose\s*([^{}]+)\}", r"\\binom{\1}{\2}"),     # {10 \choose 5}
     (r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}"),                 # \frac12
     (r"(?<=\d),\\!\s*(?=\d{3}(?!\d))", ""),                       # 11,\!111,\!100 and 20,\!000
     (r"(?<!\\)\\!|\{,\}|(?<=\d)\\,(?=\d{3}(?!\d))", ""),          # \!, 10{,}000, 10\,000
