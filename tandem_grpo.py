@@ -1601,6 +1601,11 @@ _UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdo
             "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ",
             "\u00b0": "", "\u222a": "\\cup ", "\u00b1": "\\pm ", "\u20ac": "", "\u2032": "'",
             "\u00b2": "^2", "\u00b3": "^3"}
+def _repeating(m):  # 0.1\overline{6} is (16 - 1) / 90 = 1/6
+    whole, fixed, rep = m.groups()
+    top = int(whole + fixed + rep) - int(whole + fixed or 0)
+    return rf"\frac{{{top}}}{{{10 ** len(fixed) * (10 ** len(rep) - 1)}}}"
+
 _RULES = [(re.compile(p), r) for p, r in [
     (r"(?<=\d)\s*(?:[kcdm]?m|ft|in)[\u00b2\u00b3]$", ""),         # a unit glyph: 1,000.99 m²
     (r"\\\\(?=[a-zA-Z{}%$])", r"\\"),                             # a doubled backslash: \\dfrac is \dfrac
@@ -1613,6 +1618,7 @@ _RULES = [(re.compile(p), r) for p, r in [
     (r"\\[dt]binom(?![a-zA-Z])", r"\\binom"),                     # \dbinom, \tbinom
     (r"\{([^{}]+?)\\choose\s*([^{}]+)\}", r"\\binom{\1}{\2}"),     # {10 \choose 5}
     (r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}"),                 # \frac12
+    (r"(?<![\d.])(\d*)\.(\d*)\\(?:overline|bar)\s*\{(\d+)\}", _repeating),    # a repeating decimal: 0.\overline{3}
     (r"(?<=\d),\\!\s*(?=\d{3}(?!\d))", ""),                       # 11,\!111,\!100 and 20,\!000
     (r"(?<!\\)\\!|\{,\}|(?<=\d)\\,(?=\d{3}(?!\d))", ""),          # \!, 10{,}000, 10\,000
     (r"(?<!\\)\\[,;: ]|\\q?quad|~", " "),                         # spacing

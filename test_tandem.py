@@ -1604,6 +1604,13 @@ CASES = [
     (r"\dbinom{10}{5}", r"\boxed{\tbinom{10}{5}}", 1),
     ("210", r"\boxed{{10\choose 5}}", 0),
     (r"\frac{n(n-1)}{2}", r"\boxed{\tbinom{n}{2}}", 1),
+    (r"\frac13", r"\boxed{0.\overline{3}}", 1),  # repeating decimals are exact
+    (r"0.1\overline{6}", r"\boxed{\frac16}", 1),
+    (r"\frac{8}{7}", r"\boxed{1.\overline{142857}}", 1),
+    (r"-\frac{2}{3}", r"\boxed{-0.\bar{6}}", 1),
+    (r"0.\overline{12}", r"\boxed{\frac{12}{100}}", 0),
+    (r"0.\overline{3}", r"\boxed{0.33}", 0),
+    (r"\overline{AB}", r"\boxed{\overline{AB}}", 1),  # a segment's name stays a name
     (r"2^{100}", r"\boxed{1267650600228229401496703205376}", 1),
     (r"2^{100}", r"\boxed{1267650600228229401496703205377}", 0),
     (r"10^{100}", r"\boxed{10^{100}+1}", 0),
