@@ -186,7 +186,7 @@ def eos_ids(tok, model=None):
 
 def word_start_mask(tokenizer):
     """BoolTensor[V]: True for ids whose surface text starts with a space. Byte-level BPE writes that space as
-    'Ġ' (U+0120), SentencePiece as '▁'. Decided on the vocabulary, once; special tokens are not words."""
+    'Ġ' (U+0120), SentencePiece as '▁'. Decided on the vocabulary, once; all_special_ids are not words."""
     mask = torch.zeros(len(tokenizer), dtype=torch.bool)
     for piece, i in tokenizer.get_vocab().items():
         mask[i] = piece.startswith(("Ġ", "▁"))
@@ -331,7 +331,7 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
 # Advantages: group-relative, one number per rollout
 
 def group_advantages(rewards, group_size, eps=1e-6):
-    """rewards [prompts x G] (a group's rollouts adjacent) -> A, same shape, A_i = (r_i - mean) / (std + eps)
+    """rewards [prompts * G] (flat, a group's G rollouts adjacent) -> A [prompts * G], A_i = (r_i - mean) / (std + eps)
     within the group (std with Bessel's correction, as torch.std and verl). Equal rewards -> A = 0: no signal."""
     r = rewards.view(-1, group_size)
     return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
@@ -371,10 +371,10 @@ def response_logprobs(model, ids, attn, n_prompt, select, n_vocab, temperature):
 # decoding (which ran only the author's output layer); log-probs use the rollout temperature, which drew the tokens.
 def grpo_loss(logp, old_logp, adv, n_tokens, clip_low=0.2, clip_high=0.2, ref_logp=None, kl_coef=0.0, clip_c=3.0,
               weight=None):
-    """Clipped surrogate over counted tokens, all [N]; adv is each token's rollout advantage.
-        ratio = exp(logp - old_logp);  loss_t = max(-A ratio, -A clip(ratio, 1 - clip_low, 1 + clip_high))
+    """Clipped surrogate over counted tokens, all [N] (weight None: all 1); adv is each token's rollout advantage.
+        ratio = exp(clamp(logp - old_logp, -20, 20));  loss_t = max(-A ratio, -A clip(ratio, 1-clip_low, 1+clip_high))
         dual clip (verl): where A < 0, loss_t = min(loss_t, -A clip_c)   (a huge ratio cannot blow up the loss)
-        (+ kl_coef * k3,  k3 = exp(ref - logp) - (ref - logp) - 1 clamped to [-10, 10] as verl does, toward the junior)
+        loss_t += kl_coef * k3,  k3 = exp(ref - logp) - (ref - logp) - 1 clamped to [-10, 10] as verl, toward the junior
     Token-mean: returns sum_t weight_t loss_t / n_tokens, n_tokens counted over the whole mini-batch (--token-mean
     all: every response token, the junior's included, as the authors' verl), so its micro-batches add up to its mean."""
     ratio = torch.exp((logp - old_logp).clamp(-20, 20))  # verl's clamp: e^20 is finite, so A = 0 never gives 0 x inf
@@ -393,7 +393,7 @@ def clip_active(logp, old_logp, adv, clip_low=0.2, clip_high=0.2):
     return -adv * ratio.clamp(1 - clip_low, 1 + clip_high) > -adv * ratio
 
 def loss_weights(by_senior, attn, w_junior):
-    """by_senior, attn [B, T] -> each response token's weight in the loss [B, T]: 1 senior, w_junior junior, 0 pad."""
+    """by_senior, attn [B, T] -> each response token's loss weight, float [B, T]: 1 senior, w_junior junior, 0 pad."""
     return torch.where(by_senior, 1.0, w_junior) * attn
 
 # ------------------------------------------------------------------------------------------------------------------
