@@ -1199,6 +1199,8 @@ def load_checkpoint(out, senior, opt):
 RESUME_MAY_CHANGE = ("steps", "save_every", "val_every", "log_every", "show_every", "threads", "device", "compile",
                      "gen_batch", "micro_batch", "fsdp", "shard_junior", "timeout", "nproc", "out", "resume", "demo",
                      "memory_report")
+NOT_BIT_EXACT = ("gen_batch", "micro_batch", "compile", "device", "threads", "fsdp", "shard_junior")  # of those: other
+# random draws (--gen-batch: each chunk draws its own) or other float sums, so a resume that changes one says so
 
 def settings(args):
     """The run's flags as stored in OUT/args.json: local paths (model, junior, data) made absolute."""
@@ -1232,11 +1234,14 @@ def check_out(args):
         then = json.loads((out / "args.json").read_text())
     except json.JSONDecodeError:
         raise UserError(f"{out / 'args.json'}: not valid JSON") from None
-    changed = [f"--{k.replace('_', '-')} {then[k]} -> {v}" for k, v in settings(args).items()
-               if k in then and k not in RESUME_MAY_CHANGE and then[k] != v]
+    diff = {k: f"--{k.replace('_', '-')} {then[k]} -> {v}" for k, v in settings(args).items() if then.get(k, v) != v}
+    changed = [d for k, d in diff.items() if k not in RESUME_MAY_CHANGE]
     if changed:
         raise UserError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); resume with its "
                         f"values, or start a new --out")
+    if [k for k in diff if k in NOT_BIT_EXACT]:
+        print(f"--resume: {', '.join(diff[k] for k in diff if k in NOT_BIT_EXACT)}: allowed, but from here the run's "
+              f"random draws or float sums differ from an unbroken run's")
     return out
 
 def store_settings(out, args):

@@ -884,7 +884,7 @@ def test_summary_line_says_where_the_senior_is_and_what_it_trained_on(tmp_path, 
         f"done: the senior is in {out / 'step_000002'} (eval.py --senior {out}); 6 problems trained on, 3 held out, "
         f"1 dropped (prompts over {limit} tokens); metrics in {out / 'metrics.jsonl'}")
 
-def test_resume_refuses_changed_settings_in_one_line(tmp_path, tok):
+def test_resume_refuses_changed_settings_in_one_line(tmp_path, tok, capsys):
     write_run_files(tmp_path, tok)
     out = tmp_path / "o"
     run_main(tmp_path, out, "--steps", "1")
@@ -901,9 +901,14 @@ def test_resume_refuses_changed_settings_in_one_line(tmp_path, tok):
             f"error: --resume: {out} was trained with other settings ({diff}); resume with its values, or start a new "
             f"--out\n")
     # what does not change the method or the data may change
+    capsys.readouterr()
     m = run_main(tmp_path, out, "--steps", "2", "--resume", "--log-every", "2", "--show-every", "0", "--threads", "1",
                  "--gen-batch", "4", "--micro-batch", "2", "--save-every", "5", "--val-every", "3")
     assert [x["step"] for x in m] == [1, 2] and json.loads((out / "args.json").read_text()) == stored
+    # ... and the resume says which of those make it differ from an unbroken run (other draws, other float sums)
+    assert (f"--resume: --micro-batch {stored['micro_batch']} -> 2, --gen-batch {stored['gen_batch']} -> 4, --threads "
+            f"{stored['threads']} -> 1: allowed, but from here the run's random draws or float sums differ from an "
+            f"unbroken run's") in capsys.readouterr().out
 
 def test_resume_without_args_json_notes_it_and_another_model_is_one_line(tmp_path, tok, capsys):
     write_run_files(tmp_path, tok)
