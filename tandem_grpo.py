@@ -1445,7 +1445,10 @@ def check_disk(out, args):
 @contextmanager
 def room_or_stop(out, what, *partial):
     """A write that finds the disk (or the quota) full removes its partial files and stops with one line. Nothing
-    older is touched: `latest` and the checkpoint it names stay as they were."""
+    older is touched: `latest` and the checkpoint it names stay as they were. transformers' own progress bars stay
+    off meanwhile ("Writing model shards" would cut into the training bar at every checkpoint)."""
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         yield
     except Exception as e:  # torch.save says "file write failed", safetensors "StorageFull": not always an OSError
@@ -1459,6 +1462,9 @@ def room_or_stop(out, what, *partial):
                 shutil.rmtree(p, ignore_errors=True)
         raise UserError(f"{out}: no space left to write {what}; removed what it wrote; the last checkpoint is "
                         f"still {last}: free some space, then resume") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 def prune(out, keep):
     """Rank 0, after `latest` names a complete new checkpoint: all but the newest `keep` (0: none) lose their resume

@@ -724,6 +724,17 @@ def test_non_finite_gradient_is_skipped_and_three_in_a_row_stop(tok, senior, jun
     with pytest.raises(tg.UserError, match="non-finite weights"):
         tg.save_checkpoint(Path(tempfile.mkdtemp()), 1, m, tok, opt)
 
+def test_checkpoints_draw_no_progress_bars_over_the_training_bar(tmp_path, tok, capfd):
+    m = trainable(tok)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    capfd.readouterr()
+    for step in (1, 2):  # the second save also rewrites step 1 in bf16 (a load and a save: two more bars)
+        tg.save_checkpoint(tmp_path, step, m, tok, opt, keep=1)
+    assert not (tmp_path / "step_000001" / "trainer.pt").exists()   # the bf16 rewrite did run
+    out, err = capfd.readouterr()
+    assert "Writing model shards" not in err + out and "Loading weights" not in err + out
+    assert tg.hf_logging.is_progress_bar_enabled()                   # switched back on for whoever loads next
+
 # ------------------------------------------------------------------------------------------------------------------
 # the training loop: validation, logs, --out policy, resume (and the checkpoint appendix), Ctrl-C
 
