@@ -259,13 +259,14 @@ def paper_bench(a):
         out["compiled_greedy_rows_same"] = (greedy[0] == greedy[1]).all(1).float().mean().item()
     # 2. rollout phase: both KV caches grow to the full length S (a prompt of S - decode_steps tokens, then
     #    decode_steps steps: the prefill is longer than the paper's <= 1024, so its transient is an upper bound)
-    reset()
-    long_prompts = torch.randint(1, V - 1, (G, S - a.decode_steps)).tolist()
-    sync(); t = time.time()
-    gen(senior, junior, long_prompts, V, ws, eos, schedule="word", max_new_tokens=a.decode_steps)
-    sync(); out["rollout_full_len_s"] = time.time() - t
-    out["rollout_peak_gib"] = peak()
-    del long_prompts
+    def full_length(junior, schedule):  # -> (seconds, peak GiB) of G rows decoded to the full length S
+        reset()
+        long_prompts = torch.randint(1, V - 1, (G, S - a.decode_steps)).tolist()
+        sync(); t = time.time()
+        gen(senior, junior, long_prompts, V, ws, eos, schedule=schedule, max_new_tokens=a.decode_steps)
+        sync()
+        return time.time() - t, peak()
+    out["rollout_full_len_s"], out["rollout_peak_gib"] = full_length(junior, "word")
     # 3. update phase: one mini-batch (64 rollouts) of prompt_len + new_tokens co-written tokens, ~half senior
     g = torch.Generator().manual_seed(1)
     ro = [dict(prompt=torch.randint(1, V - 1, (a.prompt_len,), generator=g).tolist(),
@@ -286,13 +287,7 @@ def paper_bench(a):
     # 4. validation phase: AdamW's moments back on the CPU and the junior on the GPU (tg.park, as main does before
     #    validating), then the senior alone decodes --gen-batch rows to the full length S
     tg.park(opt, junior, "rollout", args)
-    reset()
-    long_prompts = torch.randint(1, V - 1, (G, S - a.decode_steps)).tolist()
-    sync(); t = time.time()
-    gen(senior, None, long_prompts, V, ws, eos, schedule="solo", max_new_tokens=a.decode_steps)
-    sync(); out["validate_full_len_s"] = time.time() - t
-    out["validate_peak_gib"] = peak()
-    del long_prompts
+    out["validate_full_len_s"], out["validate_peak_gib"] = full_length(None, "solo")
     # the paper's step: 128 rollouts = 128 / G rollout batches of new_tokens decode steps, then 2 updates of 64
     out["est_step_s"] = 128 / G * a.new_tokens * out["word_ms_per_step"] / 1e3 + 2 * out["update_s"]
     out["tandem_over_solo_time"] = out["word_ms_per_step"] / out["solo_ms_per_step"]

@@ -2908,3 +2908,18 @@ def test_checker_cli_one_line_per_failure_no_traceback_and_the_grade_table(tmp_p
     assert [got[("ben", str(n))] for n in range(1, 7)] == ["yes", "yes", "no", "yes", "no", "yes"]
     assert all(got[("cy", str(n))] == "no" for n in range(1, 7))
     assert out[-2:] == ["ben: 4 of 6 passed", "cy: 0 of 6 passed"]
+
+# ------------------------------------------------------------------------------------------------------------------
+# bench.py --paper: its phases run on the demo model on the CPU (its figures need a GPU; this keeps its code honest)
+
+def test_bench_paper_slice_runs_every_phase_on_the_cpu():
+    p = subprocess.run([sys.executable, str(Path(__file__).parent / "bench.py"), "--paper", "--config",
+                        str(tg.DEMO_DIR / "model"), "--device", "cpu", "--prompt-len", "16", "--new-tokens", "32",
+                        "--decode-steps", "16", "--short-tokens", "8", "--gen-batch", "4", "--micro-batch", "4",
+                        "--n-vocab", "371"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout.split("paper: ", 1)[1].replace("NaN", "null"))
+    for phase in ("rollout_full_len_s", "update_s", "validate_full_len_s", "solo_ms_per_step", "word_ms_per_step"):
+        assert got[phase] > 0
+    assert got["compiled_greedy_rows_same"] == 1.0    # float32 on the CPU: the static decode's greedy tokens are eager's
+    assert got["rollout_peak_gib"] is None            # no CUDA memory to read: NaN, not a made-up figure
