@@ -2763,6 +2763,7 @@ def test_lab_runs_end_to_end(tmp_path, tok):
     res = lab.main(lab.get_args(argv))
     saved = json.loads((tmp_path / "lab" / "lab.json").read_text())
     g, t = saved["arms"]["grpo"], saved["arms"]["trl"]                # the two arms' trainer flags
+    assert saved["machine"]["torch"] == torch.__version__ and saved["machine"]["kernels"] and saved["machine"]["cpu"]
     assert len(g) == len(t) and [(a, b) for a, b in zip(g, t) if a != b] == [("solo", "word")]
     for seed in ("0", "1"):
         per = saved["per_seed"][seed]

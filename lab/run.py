@@ -13,7 +13,7 @@ JSON file, draws a figure if matplotlib is installed (pip install matplotlib), a
     python lab/run.py                                  # the default lab
     python lab/run.py --p-senior 0.25                  # an exercise: any trl-arm flag below (see lab/README.md)
 """
-import argparse, contextlib, json, os, re, subprocess, sys, threading, time
+import argparse, contextlib, json, os, platform, re, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -295,12 +295,19 @@ def figure(result, path, kr):
 
 # ------------------------------------------------------------------------------------------------------------------
 
+def machine():
+    """What a run's float sums depend on: the same code and seeds repeat digit for digit only on the same torch and
+    CPU kernels; elsewhere rounding differs in the 5th digit from the first step and each seed's trajectory with it."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), platform.machine())
+    return dict(cpu=cpu, torch=torch.__version__, kernels=torch.backends.cpu.get_cpu_capability())
+
 def main(args):
     t0, out = time.time(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kr = min(4, args.n)
     rel = lambda x: os.path.relpath(x, ROOT) if isinstance(x, str) and x.startswith(str(ROOT) + os.sep) else x
-    result = dict(settings={k: rel(v) for k, v in vars(args).items()}, per_seed={},  # paths from the repo root
+    result = dict(settings={k: rel(v) for k, v in vars(args).items()}, machine=machine(), per_seed={},  # repo paths
                   arms={arm: [rel(x) for x in train_argv(args, arm, "SEED", "OUT")] for arm in ("grpo", "trl")})
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         base = []  # the base model, evaluated once (eval seed 0), on the core the first seed's grpo arm frees first
