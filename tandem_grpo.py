@@ -1239,9 +1239,10 @@ def check_out(args):
     if changed:
         raise UserError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); resume with its "
                         f"values, or start a new --out")
-    if [k for k in diff if k in NOT_BIT_EXACT]:
-        print(f"--resume: {', '.join(diff[k] for k in diff if k in NOT_BIT_EXACT)}: allowed, but from here the run's "
-              f"random draws or float sums differ from an unbroken run's")
+    moved = [d for k, d in diff.items() if k in NOT_BIT_EXACT]
+    if moved:
+        print(f"--resume: {', '.join(moved)}: allowed, but from here the run's random draws or float sums differ "
+              f"from an unbroken run's")
     return out
 
 def store_settings(out, args):
@@ -1612,6 +1613,7 @@ _UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdo
             "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ",
             "\u00b0": "", "\u222a": "\\cup ", "\u00b1": "\\pm ", "\u20ac": "", "\u2032": "'",
             "\u00b2": "^2", "\u00b3": "^3"}
+
 def _repeating(m):  # 0.1\overline{6} is (16 - 1) / 90 = 1/6
     whole, fixed, rep = m.groups()
     top = int(whole + fixed + rep) - int(whole + fixed or 0)
