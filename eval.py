@@ -14,7 +14,7 @@ What it computes, in order, for every senior on every file (--n samples a proble
      every senior minus the first, paired by problem
 A response cut at its budget or its turns is graded as it is (the authors' rule; --truncated-reward zero scores it 0).
 The table goes to stdout; everything (settings, metrics, every sample's text and author mask) to --out as JSON.
-README.md (Evaluation) defines every metric.
+docs/evaluation.md defines every metric.
 
 Run it:
     python eval.py --demo                               # the bundled tiny model, before and after tandem_grpo --demo

@@ -108,6 +108,50 @@ def test_help_shows_every_default(capsys):
               "(default: runs/trl)"):
         assert d in out
 
+
+METHOD_FLAGS = {"--model", "--junior", "--p-senior", "--schedule", "--max-gap", "--group-size", "--temperature",
+                "--max-prompt-tokens", "--max-new-tokens", "--truncated-reward", "--length-penalty",
+                "--prompts-per-step", "--mini-batch-prompts", "--lr", "--weight-decay", "--clip-low", "--clip-high",
+                "--clip-c", "--grad-clip", "--kl-coef", "--junior-token-weight", "--token-mean", "--data", "--steps",
+                "--val-size", "--val-every", "--seed"}
+
+def test_help_shows_the_methods_flags_apart_from_the_runs(capsys):
+    """--help: every flag under one heading; the method's 27 under 'method: ...', the other 18 under 'run: ...'."""
+    with pytest.raises(SystemExit):
+        tg.get_args(["--help"])
+    heading, seen = None, {}
+    for line in capsys.readouterr().out.split("\n\n", 1)[1].splitlines():
+        if line and not line.startswith(" "):
+            heading = line.split(":")[0]
+        elif line.startswith("  --"):
+            seen[line.split()[0].rstrip(",")] = heading        # "--fsdp, --no-fsdp"
+    assert {f for f, h in seen.items() if h == "method"} == METHOD_FLAGS
+    run = {f for f, h in seen.items() if h == "run"}
+    assert len(run) == 18 and "--fsdp" in run and "--micro-batch" in run and "--out" in run
+    assert set(seen) == METHOD_FLAGS | run                            # nothing outside the two groups but --help
+
+def test_the_story_stays_short_and_its_loop_a_table_of_contents():
+    """The shape the reference keeps: the story (everything before the first '# Appendix' line) is at most 650 lines,
+    at most 5% of them over 100 characters; main() calls at most 10 functions the appendices define; the story's
+    rollout() does not reach the static-shape decode (only decoder(), an appendix, does, with --compile)."""
+    import ast
+    src = Path(tg.__file__).read_text()
+    story = src[:src.index("\n# Appendix")].splitlines()
+    assert len(story) <= 650 and sum(len(l) > 100 for l in story) <= 0.05 * len(story)
+    funcs = {f.name: f for f in ast.parse(src).body if isinstance(f, ast.FunctionDef)}
+    in_appendix = {n for n, f in funcs.items() if f.lineno > len(story)}
+    called = {c.func.id for c in ast.walk(funcs["main"]) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+    assert len(called & in_appendix) <= 10, sorted(called & in_appendix)
+    assert "static" not in ast.get_source_segment(src, funcs["rollout"])
+    args = tg.get_args(["--data", "x"])
+    assert tg.decoder(args) is tg.tandem_generate
+    args.compile = True
+    assert tg.decoder(args) is tg.static_generate
+
+def test_token_count_by_hand():
+    """The token-mean's denominators: every response token (weight 1), or the counted ones (junior: w_junior)."""
+    ro = [dict(senior=[True, False, True]), dict(senior=[False]), dict(senior=[])]
+    assert tg.token_count(ro, 1.0) == 4 and tg.token_count(ro, 0.0) == 2 and tg.token_count(ro, 0.5) == 3.0
 # ------------------------------------------------------------------------------------------------------------------
 # data: load_problems (and the data-file appendix: formats, the authors' verl rows, one-line errors)
 
@@ -975,7 +1019,7 @@ def test_demo_resume_is_exact(tmp_path, tok, monkeypatch, capsys):
     small = ["--prompts-per-step", "2", "--mini-batch-prompts", "1", "--group-size", "4", "--max-new-tokens", "12",
              "--lr", "1e-2", "--val-size", "0", "--threads", "1"]
     def demo(out, steps, *extra):
-        tg.main(tg.get_args(["--demo", "--out", str(tmp_path / out), "--steps", steps, *small, *extra]))
+        tg.demo(tg.get_args(["--demo", "--out", str(tmp_path / out), "--steps", steps, *small, *extra]))
         return next(l for l in capsys.readouterr().out.splitlines() if l.startswith("demo:"))
     straight = demo("a", "2")
     demo("b", "1")
@@ -2280,7 +2324,9 @@ def test_cross_entropy_and_kl_hand_values(tok):
     for (leg, self_ce, drift), ce in zip(out, ce_s):
         assert leg == pytest.approx(math.log(V), rel=1e-5)
         assert self_ce == pytest.approx(ce, rel=1e-5)
-        assert drift == pytest.approx(kl, rel=1e-4)
+        # float32: log p - log q cancels (|log p| ~ 5.9, the difference ~ 0.006), so each term keeps
+        # ~1e-4 of its relative precision, and the 354 equal terms err alike
+        assert drift == pytest.approx(kl, rel=1e-3)
 
 def test_teacher_forced_matches_unpadded_forward(tok):
     s, j = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
@@ -2857,7 +2903,7 @@ MISTAKES = [  # (the usual mistake, text substitutions on the reference, the one
     # the author is only known after the token is sampled, so "before" shows as the word-start token (and the K-th)
     # credited to the redrawn author: the checker runs tandem_generate with authors told apart by their ids
     ("the coin redrawn before the word-start token instead of after it",
-     [("        tokens[row, t], by_senior[row, t] = tok, senior_turn\n", "        tokens[row, t] = tok\n"),
+     [("        tokens[row, t] = tok\n        by_senior[row, t] = senior_turn\n", "        tokens[row, t] = tok\n"),
       ("max_gap)\n        # 3. finished", "max_gap)\n        by_senior[row, t] = senior_turn\n        # 3. finished")], 2),
     ("a redraw after K + 1 tokens without a word start", [("(gap >= max_gap)", "(gap > max_gap)")], 2),
     ("log-probs off by one position", [("h[:, n_prompt - 1:-1]", "h[:, n_prompt:]")], 5),
