@@ -275,8 +275,9 @@ def tandem_generate(senior, junior, prompts, *, eos_ids, pad_id, n_vocab, word_s
     row = torch.arange(B, device=dev)  # original index of each still-running row
     # B draws a coin; row i keeps the i-th, whichever rows ended
     coin = lambda: torch.rand(B, device=dev)[row] < p_senior
-    senior_first = torch.ones(B, dtype=torch.bool, device=dev)
-    senior_turn = coin() if schedule in ("word", "token") else senior_first
+    senior_turn = torch.ones(B, dtype=torch.bool, device=dev)  # step schedule: the senior starts
+    if schedule in ("word", "token"):
+        senior_turn = coin()
     gap = torch.zeros(B, dtype=torch.long, device=dev)       # tokens since the last redraw (word)
     turns = torch.ones(B, dtype=torch.long, device=dev)      # turns so far (step)
     after_newline = torch.zeros(B, dtype=torch.bool, device=dev)  # last token ended '\n' (step)
@@ -471,7 +472,8 @@ def token_count(rollouts, w_junior):
 @torch.no_grad()
 def old_logprobs(senior, junior, tok, rollouts, args):
     """Teacher-forced log-probs of each rollout's counted tokens before any update: the senior's
-    (old_logp) and, for the KL term, the junior's -> two lists of [n_i] (the second None)."""
+    (old_logp) and, for the KL term, the junior's -> two lists of [n_i] (the second empty
+    without --kl-coef)."""
     dev, old, ref = next(senior.parameters()).device, [], []
     senior.eval()
     for i in range(0, len(rollouts), args.micro_batch):
@@ -485,7 +487,7 @@ def old_logprobs(senior, junior, tok, rollouts, args):
             if args.kl_coef:
                 lp = response_logprobs(junior, ids, attn, P, counted, len(tok), args.temperature)
                 ref += lp.split(per_row)
-    return old, ref if args.kl_coef else None
+    return old, ref
 
 def ppo_update(senior, opt, tok, rollouts, adv, old, ref, args):
     """One AdamW update on a mini-batch: each micro-batch's share of the loss goes backward, then
@@ -530,8 +532,7 @@ def train_step(senior, junior, tok, opt, rollouts, args, skipped_in_a_row=0):
     updates = []
     for i in range(0, len(rollouts), mb):
         part = slice(i, i + mb)
-        up = ppo_update(senior, opt, tok, rollouts[part], adv[part], old[part],
-                        ref[part] if ref else None, args)
+        up = ppo_update(senior, opt, tok, rollouts[part], adv[part], old[part], ref[part], args)
         updates.append(up)
         skipped_in_a_row = 0 if up["finite"] else skipped_in_a_row + 1
         if skipped_in_a_row >= 3:
@@ -599,7 +600,7 @@ def problems_for_step(n, step, k, seed):
 
 def main(args):
     """Train the senior: set up the run, then each step problems -> rollout -> train_step ->
-    validate -> end the step. -> the trained senior."""
+    validate -> end the step. -> the trained senior and its tokenizer."""
     senior, junior, tok, opt, run = set_up(args)  # folder, ranks, data, models, resume (appendix)
     word_start = word_start_mask(tok)                                  # where the coin is redrawn
     step_end = step_end_mask(tok) if args.schedule == "step" else None  # blank lines (step)
@@ -629,7 +630,7 @@ def main(args):
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGUSR1 (saved): say how to resume (appendix)
         stop_hint(run, step + 1)
     summary(run, args)  # where the senior is, what it trained on (appendix)
-    return senior
+    return senior, tok
 
 # --------------------------------------------------------------------------------------------------
 # Appendix: a run's plumbing (set-up, the end of a step, the command line; not the method)
@@ -738,8 +739,8 @@ def demo(args):
     """--demo: main(), then the solo accuracy of the base model and of the trained senior on the
     bundled held-out problems (one sample each, the paper's evaluation sampling)."""
     t0 = time.time()
-    senior = main(args)
-    tok, test = load_tokenizer(args.model), load_problems(DEMO_DIR / "test.jsonl")
+    senior, tok = main(args)
+    test = load_problems(DEMO_DIR / "test.jsonl")
     # measured after training, so that bad input is refused before any model loads: the base
     # model's samples come from their own seeded draws, whenever they are taken
     base = load_model(args.model, next(senior.parameters()).device, torch.float32, trainable=False)
